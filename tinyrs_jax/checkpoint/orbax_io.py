@@ -1,0 +1,95 @@
+"""Our own checkpoints: an orbax CheckpointManager under `<workdir>/checkpoints`, one step folder each.
+
+Layout of a workdir:
+  tinyrs_model.json          the model config (HF config.json form) and the tokenizer folder: marks "ours"
+  checkpoints/<step>/params  the model parameters (nnx.Param state, pure dict) — what `tinyrs_jax.load` reads
+  checkpoints/<step>/opt_state, .../extra   optimizer state; step, RNG and data-iterator state (trainers)
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+MARKER = "tinyrs_model.json"
+
+
+def write_marker(workdir: str, model_cfg, tokenizer_dir: str | None = None, extra: dict | None = None):
+  from tinyrs_jax.models import presets
+  os.makedirs(workdir, exist_ok=True)
+  payload = {"format": "tinyrs_jax", "config": presets.to_hf_dict(model_cfg), "tokenizer_dir": tokenizer_dir,
+             **(extra or {})}
+  tmp = os.path.join(workdir, MARKER + ".tmp")
+  with open(tmp, "w") as f:
+    json.dump(payload, f, indent=2)
+  os.replace(tmp, os.path.join(workdir, MARKER))
+
+
+def _find(path: str) -> tuple[str, int | None] | None:
+  """(workdir, step or None for the latest) when `path` is a workdir or one of its step folders."""
+  path = os.path.abspath(path)
+  if os.path.exists(os.path.join(path, MARKER)):
+    return path, None
+  parent = os.path.dirname(path)
+  if os.path.basename(parent) == "checkpoints" and os.path.exists(os.path.join(os.path.dirname(parent), MARKER)):
+    return os.path.dirname(parent), int(os.path.basename(path))
+  return None
+
+
+def is_our_checkpoint(path: str) -> bool:
+  return _find(path) is not None
+
+
+def read_marker(workdir: str) -> dict:
+  with open(os.path.join(workdir, MARKER)) as f:
+    return json.load(f)
+
+
+def checkpoint_manager(workdir: str, *, max_to_keep: int | None = 3, save_interval_steps: int = 1,
+                       async_save: bool = True):
+  import orbax.checkpoint as ocp
+  opts = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
+                                      enable_async_checkpointing=async_save, create=True)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=opts)
+
+
+def restore_params(workdir: str, step: int | None, abstract_params: nnx.State) -> nnx.State:
+  """Restores the 'params' item into the given abstract state (shapes, dtypes and shardings)."""
+  import orbax.checkpoint as ocp
+  mngr = checkpoint_manager(workdir, async_save=False)
+  step = mngr.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"{workdir}: no checkpoint steps under checkpoints/")
+  target = jax.tree.map(_abstract, abstract_params.to_pure_dict())
+  restored = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
+  mngr.close()
+  state = abstract_params
+  nnx.replace_by_pure_dict(state, restored["params"])
+  return state
+
+
+def _abstract(x):
+  sharding = getattr(x, "sharding", None)
+  return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+
+def load_model(path: str, dtype="float32", param_dtype=None):
+  from tinyrs_jax.models import presets
+  from tinyrs_jax.models.qwen2_vl import Qwen2VL, as_dtype
+  workdir, step = _find(path)
+  marker = read_marker(workdir)
+  cfg = presets.from_hf_dict(marker["config"], source=os.path.join(workdir, MARKER))
+  param_dtype = as_dtype(param_dtype or dtype)
+  abstract = nnx.eval_shape(lambda: Qwen2VL(cfg, dtype=dtype, param_dtype=param_dtype))
+  graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
+  params = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype,
+                                                       sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])),
+                        params)
+  params = restore_params(workdir, step, params)
+  params = jax.tree.map(lambda x: jnp.asarray(x, param_dtype), params)
+  model = nnx.merge(graphdef, params, rest)
+  model.source_dir = marker.get("tokenizer_dir")
+  return model

@@ -1,0 +1,124 @@
+"""Qwen2 decoder: RMSNorm, grouped-query attention with q/k/v bias, SwiGLU MLP, M-RoPE; layers scanned.
+
+One code path serves training (no cache), prefill and decode (a static KV cache). Attention is allowed from a
+query in cache slot i to a key in slot j when j <= i and key j is valid (attention mask), which covers causal
+masking, left or right padding, and decoding into a preallocated cache.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from tinyrs_jax import sharding
+from tinyrs_jax.models.layers import Linear, RMSNorm, maybe_remat, stack_layers
+from tinyrs_jax.models.presets import TextConfig
+from tinyrs_jax.models.rope import apply_rope
+
+NEG_INF = -1e30
+
+
+class KVCache(NamedTuple):
+  """Static KV cache for all layers: k, v (layers, B, S, kv_heads, head_dim); key_mask (B, S) valid slots."""
+  k: jax.Array
+  v: jax.Array
+  key_mask: jax.Array
+
+  @classmethod
+  def zeros(cls, cfg: TextConfig, batch: int, size: int, dtype) -> "KVCache":
+    shape = (cfg.num_hidden_layers, batch, size, cfg.num_key_value_heads, cfg.head_dim)
+    return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch, size), jnp.int32))
+
+
+def gqa_attention(q, k, v, allowed, dtype):
+  """q (B, L, H, D); k, v (B, S, KVH, D); allowed (B, L, S) bool -> (B, L, H*D). Softmax in fp32."""
+  b, l, h, d = q.shape
+  kvh = k.shape[2]
+  q = q.reshape(b, l, kvh, h // kvh, d)
+  scores = jnp.einsum("blkgd,bskd->bkgls", q, k, preferred_element_type=jnp.float32) * (d ** -0.5)
+  scores = jnp.where(allowed[:, None, None], scores, NEG_INF)
+  probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+  out = jnp.einsum("bkgls,bskd->blkgd", probs, v)
+  return out.reshape(b, l, h * d)
+
+
+class DecoderLayer(nnx.Module):
+
+  def __init__(self, cfg: TextConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+    d, hd = cfg.hidden_size, cfg.head_dim
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.input_norm = RMSNorm(d, cfg.rms_norm_eps, **kw)
+    self.post_attention_norm = RMSNorm(d, cfg.rms_norm_eps, **kw)
+    self.q_proj = Linear(d, cfg.num_attention_heads * hd, ("embed", "q_heads"), use_bias=True, **kw)
+    self.k_proj = Linear(d, cfg.num_key_value_heads * hd, ("embed", "kv_heads"), use_bias=True, **kw)
+    self.v_proj = Linear(d, cfg.num_key_value_heads * hd, ("embed", "kv_heads"), use_bias=True, **kw)
+    self.o_proj = Linear(cfg.num_attention_heads * hd, d, ("q_heads", "embed"), use_bias=False, **kw)
+    self.gate_proj = Linear(d, cfg.intermediate_size, ("embed", "mlp"), use_bias=False, **kw)
+    self.up_proj = Linear(d, cfg.intermediate_size, ("embed", "mlp"), use_bias=False, **kw)
+    self.down_proj = Linear(cfg.intermediate_size, d, ("mlp", "embed"), use_bias=False, **kw)
+    self.heads, self.kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, hd
+    self.dtype = dtype
+
+  def __call__(self, x, cos, sin, allowed, kv=None, write_index=None):
+    """kv: this layer's cache (k, v) of (B, S, KVH, D) or None; returns (x, (k, v) written)."""
+    b, l, _ = x.shape
+    h = self.input_norm(x)
+    q = self.q_proj(h).reshape(b, l, self.heads, self.head_dim)
+    k = self.k_proj(h).reshape(b, l, self.kv_heads, self.head_dim)
+    v = self.v_proj(h).reshape(b, l, self.kv_heads, self.head_dim)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    q = sharding.constrain(q, ("batch", "length", "act_heads", None))
+    if kv is not None:
+      ck, cv = kv
+      k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, write_index, 0, 0))
+      v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, write_index, 0, 0))
+    attn = gqa_attention(q, k.astype(self.dtype), v.astype(self.dtype), allowed, self.dtype)
+    x = x + self.o_proj(attn)
+    h = self.post_attention_norm(x)
+    mlp = jax.nn.silu(self.gate_proj(h)) * self.up_proj(h)
+    mlp = sharding.constrain(mlp, ("batch", "length", "act_mlp"))
+    x = x + self.down_proj(mlp)
+    return sharding.constrain(x, ("batch", "length", "act_embed")), (k, v)
+
+
+class Decoder(nnx.Module):
+  """The stack of decoder layers and the final norm (embeddings and head live in the joint model)."""
+
+  def __init__(self, cfg: TextConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, remat_policy="none",
+               rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.dtype = dtype
+    self.remat_policy = remat_policy
+    self.layers = stack_layers(lambda r: DecoderLayer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=r),
+                               cfg.num_hidden_layers, rngs)
+    self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+  def __call__(self, x, cos, sin, allowed, cache: KVCache | None = None, write_index=None):
+    """x (B, L, D) -> (normed hidden (B, L, D), updated cache or None).
+
+    With a cache, this call's keys/values are written at `write_index` of every layer's cache (carried through
+    the layer scan so XLA updates it in place) and attention reads the whole cache.
+    """
+    graphdef, state = nnx.split(self.layers)
+    if cache is None:
+      def body(h, layer_state):
+        h, _ = nnx.merge(graphdef, layer_state)(h, cos, sin, allowed)
+        return h, None
+
+      x, _ = jax.lax.scan(maybe_remat(body, self.remat_policy), x, state)
+      return self.norm(x), None
+
+    def body_cached(carry, inputs):
+      h, ck, cv = carry
+      layer_state, i = inputs
+      layer = nnx.merge(graphdef, layer_state)
+      h, (k, v) = layer(h, cos, sin, allowed, (ck[i], cv[i]), write_index)
+      ck = jax.lax.dynamic_update_index_in_dim(ck, k, i, 0)
+      cv = jax.lax.dynamic_update_index_in_dim(cv, v, i, 0)
+      return (h, ck, cv), None
+
+    idx = jnp.arange(self.cfg.num_hidden_layers)
+    (x, ck, cv), _ = jax.lax.scan(body_cached, (x, cache.k, cache.v), (state, idx))
+    return self.norm(x), cache._replace(k=ck, v=cv)

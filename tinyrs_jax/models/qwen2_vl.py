@@ -1,0 +1,143 @@
+"""The joint Qwen2-VL model: vision tower → features scattered into <|image_pad|> positions → decoder → head.
+
+Two ways in:
+- `hidden_states(batch arrays...)` / `logits_at(...)`: the static-shape path jitted steps use (see batch.py);
+  the head is applied only where asked, so nobody holds batch × length × vocab logits by accident.
+- `__call__(input_ids, attention_mask, pixel_values, image_grid_thw, **ignored)`: the Hugging Face-style call on
+  what transformers' processor returns (flat pixel_values); pads into buckets, runs a cached jitted forward,
+  returns full logits (B, L, vocab) cropped to the input length.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from tinyrs_jax import sharding
+from tinyrs_jax.models import batch as batch_lib
+from tinyrs_jax.models.decoder import Decoder, KVCache
+from tinyrs_jax.models.layers import param
+from tinyrs_jax.models.presets import Qwen2VLConfig
+from tinyrs_jax.models.rope import image_token_index, mrope_cos_sin, mrope_positions
+from tinyrs_jax.models.vision import VisionTower
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "fp32": jnp.float32, "bf16": jnp.bfloat16,
+          "float16": jnp.float16}
+
+
+def as_dtype(d):
+  return DTYPES[d] if isinstance(d, str) else d
+
+
+class Qwen2VL(nnx.Module):
+
+  def __init__(self, cfg: Qwen2VLConfig, *, dtype="float32", param_dtype="float32", remat_policy="none",
+               rngs: nnx.Rngs | None = None):
+    cfg.validate()
+    rngs = rngs if rngs is not None else nnx.Rngs(0)
+    dtype, param_dtype = as_dtype(dtype), as_dtype(param_dtype)
+    self.cfg = cfg
+    self.dtype = dtype
+    t = cfg.text
+    self.visual = VisionTower(cfg.vision, dtype=dtype, param_dtype=param_dtype, remat_policy=remat_policy,
+                              rngs=rngs)
+    self.embed_tokens = param(rngs, (t.vocab_size, t.hidden_size), ("vocab", "embed"), param_dtype)
+    self.decoder = Decoder(t, dtype=dtype, param_dtype=param_dtype, remat_policy=remat_policy, rngs=rngs)
+    self.lm_head = (None if t.tie_word_embeddings else
+                    param(rngs, (t.hidden_size, t.vocab_size), ("embed", "vocab"), param_dtype))
+
+  # ------------------------------------------------------------------------------------------ pieces
+
+  def embed(self, input_ids, pixel_values=None, image_grid_thw=None):
+    """Token embeddings with image features scattered into the image-pad positions (in slot order)."""
+    x = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(self.dtype)
+    if pixel_values is None or pixel_values.shape[0] == 0:
+      return x
+    feats = self.visual(pixel_values, image_grid_thw)  # (I, P/4, D)
+    is_image, slot, within, _ = image_token_index(input_ids, image_grid_thw, self.cfg.image_token_id,
+                                                  self.cfg.vision.spatial_merge_size)
+    within = jnp.clip(within, 0, feats.shape[1] - 1)
+    img = feats[slot, within]  # (B, L, D) gather
+    return jnp.where(is_image[..., None], img.astype(self.dtype), x)
+
+  def positions(self, input_ids, attention_mask, image_grid_thw=None):
+    if image_grid_thw is None:
+      image_grid_thw = jnp.zeros((1, 3), jnp.int32)
+    return mrope_positions(input_ids, attention_mask, image_grid_thw, self.cfg.image_token_id,
+                           self.cfg.vision.spatial_merge_size)
+
+  def rope(self, positions):
+    t = self.cfg.text
+    return mrope_cos_sin(positions, t.head_dim, t.rope_theta, t.mrope_section, self.dtype)
+
+  def head_weight(self):
+    """(D, vocab) output projection: the embedding table's transpose when tied."""
+    if self.lm_head is None:
+      return self.embed_tokens[...].T
+    return self.lm_head[...]
+
+  def logits(self, hidden):
+    """Logits for the given hidden states (..., D) -> (..., vocab), fp32."""
+    return jnp.dot(hidden.astype(self.dtype), self.head_weight().astype(self.dtype),
+                   preferred_element_type=jnp.float32)
+
+  # ------------------------------------------------------------------------------------------ forward
+
+  def hidden_states(self, input_ids, attention_mask, pixel_values=None, image_grid_thw=None):
+    """Static batch -> final normed hidden states (B, L, D); no cache (training and scoring)."""
+    input_ids = sharding.constrain(input_ids, ("batch", "length"))
+    x = self.embed(input_ids, pixel_values, image_grid_thw)
+    x = sharding.constrain(x, ("batch", "length", "act_embed"))
+    pos, _ = self.positions(input_ids, attention_mask, image_grid_thw)
+    cos, sin = self.rope(pos)
+    l = input_ids.shape[1]
+    causal = jnp.arange(l)[None, :] <= jnp.arange(l)[:, None]
+    allowed = causal[None] & attention_mask.astype(bool)[:, None, :]
+    h, _ = self.decoder(x, cos, sin, allowed)
+    return h
+
+  def prefill(self, input_ids, attention_mask, pixel_values, image_grid_thw, cache: KVCache):
+    """Runs the prompt into cache slots [0, L); returns (hidden (B, L, D), cache, rope deltas (B,))."""
+    x = self.embed(input_ids, pixel_values, image_grid_thw)
+    pos, deltas = self.positions(input_ids, attention_mask, image_grid_thw)
+    cos, sin = self.rope(pos)
+    l, s = input_ids.shape[1], cache.k.shape[2]
+    key_mask = jax.lax.dynamic_update_slice(cache.key_mask, attention_mask.astype(jnp.int32), (0, 0))
+    allowed = (jnp.arange(s)[None, :] <= jnp.arange(l)[:, None])[None] & key_mask.astype(bool)[:, None, :]
+    h, cache = self.decoder(x, cos, sin, allowed, cache._replace(key_mask=key_mask), write_index=0)
+    return h, cache, deltas
+
+  def decode_step(self, tokens, positions, cache: KVCache, write_index):
+    """One token per row at cache slot `write_index`: tokens (B,), positions (B,) text positions (all 3 rows)."""
+    x = jnp.take(self.embed_tokens[...], tokens[:, None], axis=0).astype(self.dtype)
+    pos = jnp.broadcast_to(positions[None, :, None], (3,) + tokens.shape + (1,))
+    cos, sin = self.rope(pos)
+    s = cache.k.shape[2]
+    key_mask = cache.key_mask.at[:, write_index].set(1)
+    allowed = (jnp.arange(s) <= write_index)[None, None, :] & key_mask.astype(bool)[:, None, :]
+    h, cache = self.decoder(x, cos, sin, allowed, cache._replace(key_mask=key_mask), write_index=write_index)
+    return h[:, 0], cache
+
+  # ------------------------------------------------------------------------------------------ HF-style call
+
+  def __call__(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None, **ignored):
+    b = batch_lib.pad_hf_inputs(
+        np.asarray(input_ids), None if attention_mask is None else np.asarray(attention_mask),
+        None if pixel_values is None else np.asarray(pixel_values, np.float32),
+        None if image_grid_thw is None else np.asarray(image_grid_thw), pad_token_id=0,
+        patch_dim=self.cfg.vision.patch_dim)
+    n_tokens = int((b["input_ids"] == self.cfg.image_token_id).sum() * 1)
+    n_feats = int(batch_lib.image_patch_counts(b["image_grid_thw"]).sum() // self.cfg.vision.merge_unit)
+    if n_tokens != n_feats:
+      raise ValueError(f"{n_tokens} image tokens in input_ids but image_grid_thw gives {n_feats} image features")
+    length = b.pop("length")
+    logits = _forward_logits(self, b)
+    return logits[:, :length]
+
+
+@nnx.jit
+def _forward_logits(model: Qwen2VL, batch: dict):
+  h = model.hidden_states(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+                          batch["image_grid_thw"])
+  return model.logits(h)

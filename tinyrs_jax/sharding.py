@@ -1,0 +1,140 @@
+"""Sharding in one place: the mesh, the logical-axis rules, and the helpers that apply them.
+
+Every parameter carries logical axis names (`out_sharding` metadata on its nnx.Param), every large activation is
+constrained with `constrain(x, names)`. The rules below map logical names to mesh axes; a dimension that the
+mapped mesh axes do not divide is replicated instead (e.g. Qwen2-VL-2B's 2 KV heads on a tensor axis of 4).
+
+The mesh has three axes: `data` (pure data parallelism), `fsdp` (data parallelism with parameters and optimizer
+state sharded) and `tensor` (Megatron-style model parallelism). Axis types are Auto (classic GSPMD propagation):
+decided once, here.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# logical name -> mesh axes (tuple) or None (replicated). Parameters first, activations after.
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    ("layers", None),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("q_heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("norm", None),
+    ("vision_embed", "fsdp"),
+    ("vision_heads", "tensor"),
+    ("vision_mlp", "tensor"),
+    ("merger_in", "fsdp"),
+    ("patch", None),
+    # activations
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
+    ("images", ("data", "fsdp")),
+    ("patches", None),
+)
+
+_CURRENT: contextvars.ContextVar[tuple[Mesh, tuple] | None] = contextvars.ContextVar("tinyrs_mesh", default=None)
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A (data, fsdp, tensor) mesh over all devices (of all processes); -1 in `data` takes what is left."""
+  devices = list(devices if devices is not None else jax.devices())
+  n = len(devices)
+  if data == -1:
+    if n % (fsdp * tensor):
+      raise ValueError(f"{n} devices are not divisible by fsdp*tensor = {fsdp * tensor}")
+    data = n // (fsdp * tensor)
+  if data * fsdp * tensor != n:
+    raise ValueError(f"mesh data*fsdp*tensor = {data}*{fsdp}*{tensor} != {n} devices")
+  shape = (data, fsdp, tensor)
+  try:
+    from jax.experimental import mesh_utils
+    arr = mesh_utils.create_device_mesh(shape, devices=devices)
+  except Exception:  # CPU / unusual topologies: plain order is fine
+    arr = np.asarray(devices).reshape(shape)
+  return Mesh(arr, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
+
+
+def logical_to_spec(names: Sequence[str | None] | None, shape: Sequence[int] | None, mesh: Mesh,
+                    rules=DEFAULT_RULES) -> P:
+  """Logical names -> PartitionSpec, replicating dimensions the mesh axes do not divide (or reuse)."""
+  if names is None:
+    return P()
+  table = dict(rules)
+  used: set[str] = set()
+  spec = []
+  for i, name in enumerate(names):
+    axes = table.get(name) if name is not None else None
+    if axes is None:
+      spec.append(None)
+      continue
+    axes = (axes,) if isinstance(axes, str) else tuple(axes)
+    axes = tuple(a for a in axes if a not in used and mesh.shape.get(a, 1) > 1)
+    size = math.prod(mesh.shape[a] for a in axes)
+    if not axes or (shape is not None and shape[i] % size):
+      spec.append(None)
+      continue
+    used.update(axes)
+    spec.append(axes[0] if len(axes) == 1 else axes)
+  return P(*spec)
+
+
+@contextlib.contextmanager
+def use_mesh(mesh: Mesh, rules=DEFAULT_RULES):
+  """Activates the mesh for `constrain` (and jax's own mesh context) inside the block."""
+  token = _CURRENT.set((mesh, tuple(rules)))
+  try:
+    with jax.sharding.use_mesh(mesh) if hasattr(jax.sharding, "use_mesh") else mesh:
+      yield mesh
+  finally:
+    _CURRENT.reset(token)
+
+
+def current_mesh() -> Mesh | None:
+  cur = _CURRENT.get()
+  return None if cur is None else cur[0]
+
+
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+  """Sharding constraint on an activation by logical names; a no-op outside `use_mesh`."""
+  cur = _CURRENT.get()
+  if cur is None:
+    return x
+  mesh, rules = cur
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(names, x.shape, mesh, rules)))
+
+
+def named_sharding(mesh: Mesh, names, shape=None, rules=DEFAULT_RULES) -> NamedSharding:
+  return NamedSharding(mesh, logical_to_spec(names, shape, mesh, rules))
+
+
+def state_shardings(abstract_state, mesh: Mesh, rules=DEFAULT_RULES):
+  """NamedShardings for an nnx.State (abstract or concrete) from each Variable's `out_sharding` names."""
+  from flax import nnx
+
+  def one(v):
+    if isinstance(v, nnx.Variable):
+      names = v.get_metadata().get("out_sharding")
+      return v.replace(named_sharding(mesh, names, v.value.shape, rules))
+    return NamedSharding(mesh, P())
+
+  return jax.tree.map(one, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def batch_sharding(mesh: Mesh, ndim: int, rules=DEFAULT_RULES, leading: str = "batch") -> NamedSharding:
+  """Leading dimension over the data axes, the rest replicated."""
+  return named_sharding(mesh, (leading,) + (None,) * (ndim - 1), None, rules)
