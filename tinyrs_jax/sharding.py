@@ -129,7 +129,7 @@ def state_shardings(abstract_state, mesh: Mesh, rules=DEFAULT_RULES):
   def one(v):
     if isinstance(v, nnx.Variable):
       names = v.get_metadata().get("out_sharding")
-      return v.replace(named_sharding(mesh, names, v.value.shape, rules))
+      return v.replace(named_sharding(mesh, names, v.get_value().shape, rules))
     return NamedSharding(mesh, P())
 
   return jax.tree.map(one, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))

@@ -177,7 +177,7 @@ def load_hf_params(path: str, model_abstract: nnx.Module, cfg, dtype) -> nnx.Sta
     var = flat.get(e.ours)
     if var is None:
       raise RuntimeError(f"internal: parameter {'.'.join(e.ours)} missing from the model")
-    our_shape = tuple(var.value.shape)
+    our_shape = tuple(var.get_value().shape)
     hf_shape = _expected_hf_shape(e, our_shape, cfg)
     keys = [e.hf.format(i=i) for i in range(_num_layers(cfg, e))] if e.stacked else [e.hf]
     expected_keys.update(keys)
@@ -195,7 +195,7 @@ def load_hf_params(path: str, model_abstract: nnx.Module, cfg, dtype) -> nnx.Sta
         out[i] = x
       else:
         out[...] = x
-    var.value = out
+    var.set_value(out)
   extra = sorted(set(folder.where) - expected_keys)
   if cfg.text.tie_word_embeddings:
     extra = [k for k in extra if k != "lm_head.weight"]  # some tied exports still carry the copy
@@ -229,7 +229,7 @@ def hf_tensors(model: Qwen2VL, dtype=None) -> Iterator[tuple[str, np.ndarray]]:
   flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
   v = cfg.vision
   for e in param_table(cfg):
-    arr = np.asarray(jax.device_get(flat[e.ours].value))
+    arr = np.asarray(jax.device_get(flat[e.ours].get_value()))
     if dtype is not None:
       arr = arr.astype(NP_DTYPES[dtype])
     patch_shape = (v.embed_dim, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)

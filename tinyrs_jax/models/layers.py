@@ -25,7 +25,7 @@ def param(rngs: nnx.Rngs, shape: Sequence[int], names: Sequence[str | None], dty
   else:
     raise ValueError(f"unknown init {init!r}")
   # eager_sharding=False: parameters are placed by the trainer's jit(out_shardings), not at construction.
-  return nnx.Param(value.astype(dtype), sharding_names=tuple(names), eager_sharding=False)
+  return nnx.Param(value.astype(dtype), out_sharding=tuple(names), eager_sharding=False)
 
 
 class Linear(nnx.Module):

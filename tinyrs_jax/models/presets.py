@@ -228,6 +228,7 @@ def to_hf_dict(cfg: Qwen2VLConfig, dtype: str = "float32") -> dict[str, Any]:
       "bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id,
   }
   vision = {"model_type": "qwen2_vl_vision", **{hf: getattr(v, ours) for ours, hf in _VISION_KEYS.items()},
+            "mlp_ratio": int(v.mlp_ratio) if float(v.mlp_ratio).is_integer() else v.mlp_ratio,
             "hidden_act": "quick_gelu", "in_chans": v.in_channels, "dtype": dtype,
             "rope_parameters": {"rope_type": "axial", "rope_theta": v.rope_theta}}
   return {

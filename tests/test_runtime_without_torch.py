@@ -1,0 +1,48 @@
+"""Loading, the forward pass (and generation, once it exists) never import torch or transformers' model code."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytest.importorskip("torch")
+
+from hf_reference import build_hf_model, save_hf_model  # noqa: E402
+
+SCRIPT = textwrap.dedent("""
+    import sys
+    {hide}
+    import numpy as np
+    import tinyrs_jax
+    model = tinyrs_jax.load({path!r})
+    ids = np.array([[5, 6, 248] + [250] * 4 + [249, 7]])
+    out = model(ids, pixel_values=np.ones((16, 1176), np.float32), image_grid_thw=np.array([[1, 4, 4]]))
+    assert out.shape == (1, 9, 256)
+    bad = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.") or
+                 m.startswith("transformers.models"))
+    print("IMPORTED", bad)
+    assert not bad, bad
+""")
+
+HIDE = textwrap.dedent("""
+    import importlib.abc
+    class _Hide(importlib.abc.MetaPathFinder):
+      def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "transformers"):
+          raise ImportError(f"{name} is hidden in this test")
+    sys.meta_path.insert(0, _Hide())
+""")
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+  return save_hf_model(build_hf_model(seed=2), str(tmp_path_factory.mktemp("ck")))
+
+
+@pytest.mark.parametrize("hide", [False, True], ids=["torch_installed", "torch_hidden"])
+def test_runtime_does_not_need_torch(ckpt, hide):
+  code = SCRIPT.format(path=ckpt, hide=HIDE if hide else "")
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                     env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"})
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "IMPORTED []" in r.stdout
