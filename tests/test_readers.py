@@ -69,6 +69,17 @@ def test_llava(tmp_path, layout):
   assert recs[4].task == "reason"  # think/answer targets with no task field
 
 
+def test_llava_missing_placeholder_is_added(tmp_path):
+  _png(tmp_path / "a.png")
+  path = tmp_path / "d.json"
+  path.write_text(json.dumps([{"image": "a.png", "conversations": [
+      {"from": "human", "value": "Classify."}, {"from": "gpt", "value": "forest"}]}]))
+  skips = _strict()
+  (rec,) = readers.load_records("llava", str(path), skips=skips)
+  assert rec.messages[0]["content"] == "<image>Classify." and skips.notes["added_image_placeholder"] == 1
+  assert rec.id == "d.json:1"
+
+
 def test_llava_image_root_and_lines(tmp_path):
   _png(tmp_path / "elsewhere" / "a.png")
   path = tmp_path / "d.jsonl"

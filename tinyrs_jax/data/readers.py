@@ -29,7 +29,8 @@ Formats (the registry `READERS`):
 Conventions, decided once:
   - The image placeholder. `<image>` followed by a newline becomes `<image>` alone, so the chat template's
     `<|vision_end|>` is directly followed by the text, as in Hugging Face's Qwen2-VL processor when an image
-    content item is followed by a text item. Any other whitespace is kept.
+    content item is followed by a text item. Any other whitespace is kept. A record with an image but no
+    placeholder gets one at the start of its first user turn (noted "added_image_placeholder").
   - Boxes. Record.boxes are pixels of the image; in message text every box becomes Qwen2-VL's own form
     `<|object_ref_start|>label<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>` on the 0-1000 grid
     (`boxes.box_to_text`). A box that overhangs the image by more than 1 px is an error ("box_outside_image").
@@ -238,12 +239,18 @@ _LLAVA_KEYS = {"id", "image", "conversations", "messages", "task", "answer", "bo
 
 
 def _llava_record(obj: Any, *, source: str, line: int, base_dir: str, check_files: bool, require_assistant: bool,
-                  default_task: str, text_hook=None) -> Record:
+                  default_task: str, text_hook=None, skips: SkipCounter | None = None) -> Record:
   if not isinstance(obj, dict):
     raise DataError(f"record is {type(obj).__name__}, expected an object", source=source, line=line,
                     reason="bad_record")
   messages = _messages_from(obj, source, line)
   image = _image_path(obj.get("image"), base_dir, source, line, check_files)
+  first_user = next((m for m in messages if m["role"] == "user"), None)
+  if image is not None and first_user and not any(IMAGE_PLACEHOLDER in m["content"] for m in messages):
+    # Some sets omit the placeholder; the image then opens the first user turn (counted, not an error).
+    first_user["content"] = IMAGE_PLACEHOLDER + first_user["content"]
+    if skips is not None:
+      skips.note("added_image_placeholder")
   task = _infer_task(obj, messages, default_task, source, line)
   size = (obj["width"], obj["height"]) if isinstance(obj.get("width"), int) and isinstance(
       obj.get("height"), int) else None
@@ -274,7 +281,7 @@ def read_llava(path: str, *, skips: SkipCounter, image_root: str | None = None, 
   for line, obj in _iter_json_objects(path, skips):
     try:
       yield _llava_record(obj, source=path, line=line, base_dir=base_dir, check_files=check_files,
-                          require_assistant=require_assistant, default_task=default_task)
+                          require_assistant=require_assistant, default_task=default_task, skips=skips)
     except DataError as e:
       skips.skip(e)
 
@@ -360,7 +367,7 @@ def read_geochat(path: str, *, skips: SkipCounter, image_root: str | None = None
     try:
       record = _llava_record(obj, source=path, line=line, base_dir=base_dir, check_files=check_files,
                              require_assistant=require_assistant, default_task="chat",
-                             text_hook=_geochat_hook(path, line, skips))
+                             text_hook=_geochat_hook(path, line, skips), skips=skips)
       if record.answer is None and "answer" not in obj:
         record = _replace(record, answer=_short_answer(record.messages, record.task))
       yield record
