@@ -1,0 +1,1 @@
+"""Data: records, readers, synthetic data, image processor, tokenizer and processor, pipelines."""
