@@ -98,7 +98,7 @@ def use_mesh(mesh: Mesh, rules=DEFAULT_RULES):
   """Activates the mesh for `constrain` (and jax's own mesh context) inside the block."""
   token = _CURRENT.set((mesh, tuple(rules)))
   try:
-    with jax.sharding.use_mesh(mesh) if hasattr(jax.sharding, "use_mesh") else mesh:
+    with jax.set_mesh(mesh):
       yield mesh
   finally:
     _CURRENT.reset(token)
@@ -133,6 +133,14 @@ def state_shardings(abstract_state, mesh: Mesh, rules=DEFAULT_RULES):
     return NamedSharding(mesh, P())
 
   return jax.tree.map(one, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def shard_model(model, mesh: Mesh, rules=DEFAULT_RULES):
+  """Places an nnx model's variables on the mesh by their logical names (in place); returns the model."""
+  from flax import nnx
+  state = nnx.state(model)
+  nnx.update(model, jax.device_put(state, state_shardings(state, mesh, rules)))
+  return model
 
 
 def batch_sharding(mesh: Mesh, ndim: int, rules=DEFAULT_RULES, leading: str = "batch") -> NamedSharding:

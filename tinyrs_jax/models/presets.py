@@ -133,15 +133,15 @@ def bench_30m() -> Qwen2VLConfig:
 def demo_8m() -> Qwen2VLConfig:
   """The demo model (configs' :demo variants): trains in minutes on a laptop CPU with the demo tokenizer.
 
-  Its vocabulary size matches the demo tokenizer (tinyrs_jax.data.demo_tokenizer, 4,096 ids incl. specials);
-  special ids are taken from the tokenizer at load time by `with_tokenizer_ids`.
+  Its vocabulary holds the demo tokenizer (tinyrs_jax.data.demo_tokenizer, under 1,024 ids incl. specials);
+  special ids are taken from the tokenizer by `with_tokenizer`.
   """
   return Qwen2VLConfig(
-      text=TextConfig(vocab_size=4096, hidden_size=256, intermediate_size=704, num_hidden_layers=4,
+      text=TextConfig(vocab_size=1024, hidden_size=256, intermediate_size=704, num_hidden_layers=4,
                       num_attention_heads=4, num_key_value_heads=2, mrope_section=(8, 12, 12)),
       vision=VisionConfig(depth=2, embed_dim=128, num_heads=4, hidden_size=256),
-      image_token_id=4095, video_token_id=4095, vision_start_token_id=4093, vision_end_token_id=4094,
-      bos_token_id=None, eos_token_id=4092, pad_token_id=4091)
+      image_token_id=1023, video_token_id=1022, vision_start_token_id=1020, vision_end_token_id=1021,
+      bos_token_id=None, eos_token_id=1019, pad_token_id=1018)
 
 
 @register_preset
@@ -153,6 +153,18 @@ def tiny() -> Qwen2VLConfig:
       vision=VisionConfig(depth=2, embed_dim=32, num_heads=2, hidden_size=64),
       image_token_id=250, video_token_id=251, vision_start_token_id=248, vision_end_token_id=249,
       bos_token_id=None, eos_token_id=2, pad_token_id=0)
+
+
+def with_tokenizer(cfg: Qwen2VLConfig, tokenizer) -> Qwen2VLConfig:
+  """The config with special token ids taken from a tokenizer (tinyrs_jax.data.tokenizer.Tokenizer).
+
+  The tokenizer is the one source of truth for ids; the vocabulary must fit the embedding table.
+  """
+  if tokenizer.vocab_size > cfg.text.vocab_size:
+    raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids but the model's vocabulary is {cfg.text.vocab_size}")
+  return cfg.replace(image_token_id=tokenizer.image_pad_id, video_token_id=tokenizer.video_pad_id,
+                     vision_start_token_id=tokenizer.vision_start_id, vision_end_token_id=tokenizer.vision_end_id,
+                     eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id).validate()
 
 
 # --------------------------------------------------------------------------------- config.json mapping

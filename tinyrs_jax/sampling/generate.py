@@ -1,0 +1,232 @@
+"""Batched generation with a static KV cache: the rollout engine for GRPO and the evaluators.
+
+One jitted prefill (vision tower + prompt into the cache, first token sampled) and one jitted decode loop
+(`lax.while_loop` over a preallocated cache, stopping early once every row is finished). Prompts are
+left-padded to a length bucket so that every row's next token goes to the same cache slot; the generation
+buffer is sized by a bucket of max_new_tokens, and the step count, temperature, top-k and top-p are traced
+values, so calls that fall in the same buckets never recompile (`compile_count()` tells).
+
+Log-probabilities are those of the chosen token under the full-vocabulary log_softmax(logits / temperature)
+(raw logits when greedy), before top-k / top-p masking: the old-policy terms GRPO needs.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from tinyrs_jax import sharding
+from tinyrs_jax.models import batch as batch_lib
+from tinyrs_jax.models.decoder import KVCache
+
+NEW_TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048)
+_COMPILES: collections.Counter = collections.Counter()
+
+
+def compile_count(kind: str | None = None) -> int:
+  """How many times prefill / decode were traced (compiled) in this process."""
+  return sum(_COMPILES.values()) if kind is None else _COMPILES[kind]
+
+
+@dataclasses.dataclass
+class Generation:
+  tokens: np.ndarray  # (rows, max_new_tokens) int32; a prompt's num_samples rows are consecutive
+  logprobs: np.ndarray  # (rows, max_new_tokens) float32; 0 after a row finished
+  lengths: np.ndarray  # (rows,) int32: generated tokens including the stop token
+  prompt_length: int = 0  # padded prompt length of the static batch (for teacher-forced scoring)
+
+
+# ---------------------------------------------------------------------------------------------- sampling
+
+def token_logprobs(logits: jax.Array, tokens: jax.Array, temperature) -> jax.Array:
+  """log_softmax(logits / T)[token] over the full vocabulary; T = 0 means raw logits."""
+  t = jnp.where(temperature > 0, temperature, 1.0)
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32) / t, axis=-1)
+  return jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
+
+
+def filter_logits(logits: jax.Array, top_k, top_p) -> jax.Array:
+  """Masks (to -inf) what top-k (k > 0) and nucleus top-p (p < 1) exclude; always keeps the best token."""
+  v = logits.shape[-1]
+  sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+  k = jnp.where(top_k > 0, jnp.minimum(top_k, v), v)
+  kth = jnp.take_along_axis(sorted_logits, jnp.broadcast_to(k - 1, (logits.shape[0], 1)).astype(jnp.int32), -1)
+  logits = jnp.where(logits < kth, -jnp.inf, logits)
+  sorted_logits = jnp.where(jnp.arange(v)[None] < k, sorted_logits, -jnp.inf)
+  probs = jax.nn.softmax(sorted_logits, axis=-1)
+  before = jnp.cumsum(probs, axis=-1) - probs  # probability mass of strictly better tokens
+  keep_sorted = (before < top_p) | (jnp.arange(v)[None] == 0)
+  n_keep = keep_sorted.sum(axis=-1, keepdims=True)
+  cutoff = jnp.take_along_axis(sorted_logits, n_keep - 1, -1)
+  return jnp.where(logits < cutoff, -jnp.inf, logits)
+
+
+def sample(logits, rng, temperature, top_k, top_p, mode: str):
+  """mode (static): greedy | sample | sample_filtered. Returns (tokens, logprobs)."""
+  logits = logits.astype(jnp.float32)
+  if mode == "greedy":
+    tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  else:
+    scaled = logits / temperature
+    if mode == "sample_filtered":
+      scaled = filter_logits(scaled, top_k, top_p)
+    tokens = jax.random.categorical(rng, scaled, axis=-1).astype(jnp.int32)
+  return tokens, token_logprobs(logits, tokens, temperature if mode != "greedy" else 0.0)
+
+
+# ---------------------------------------------------------------------------------------------- jitted parts
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "cache_size", "num_samples", "mode"))
+def _prefill(graphdef, state, input_ids, attention_mask, pixel_values, image_grid_thw, rng, temperature, top_k,
+             top_p, *, cache_size: int, num_samples: int, mode: str):
+  _COMPILES["prefill"] += 1
+  model = nnx.merge(graphdef, state)
+  b, length = input_ids.shape
+  cache = KVCache.zeros(model.cfg.text, b, cache_size, model.dtype)
+  cache = _constrain_cache(cache)
+  h, cache, deltas = model.prefill(input_ids, attention_mask, pixel_values, image_grid_thw, cache)
+  n_valid = attention_mask.sum(axis=1).astype(jnp.int32)
+  if num_samples > 1:  # reuse each prompt's prefill for its samples: repeat cache rows, not compute
+    rep = functools.partial(jnp.repeat, repeats=num_samples, axis=0)
+    cache = KVCache(jnp.repeat(cache.k, num_samples, axis=1), jnp.repeat(cache.v, num_samples, axis=1),
+                    rep(cache.key_mask))
+    cache = _constrain_cache(cache)
+    h, deltas, n_valid = rep(h), rep(deltas), rep(n_valid)
+  logits = model.logits(h[:, -1])
+  tokens, logprobs = sample(logits, rng, temperature, top_k, top_p, mode)
+  return cache, tokens, logprobs, n_valid + deltas  # next text position of each row
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "buffer", "mode"))
+def _decode(graphdef, state, cache, first_tokens, first_logprobs, next_pos, start_slot, max_new, rng,
+            temperature, top_k, top_p, eos_ids, pad_id, *, buffer: int, mode: str):
+  """Generates up to max_new (<= buffer) tokens; the first came from prefill."""
+  _COMPILES["decode"] += 1
+  model = nnx.merge(graphdef, state)
+  rows = first_tokens.shape[0]
+  tokens = jnp.full((rows, buffer), pad_id, jnp.int32).at[:, 0].set(first_tokens)
+  logprobs = jnp.zeros((rows, buffer), jnp.float32).at[:, 0].set(first_logprobs)
+  done = jnp.isin(first_tokens, eos_ids)
+  lengths = jnp.where(done, 1, 0).astype(jnp.int32)
+
+  def cond(c):
+    i, _, _, _, _, done, _ = c
+    return (i < max_new) & ~jnp.all(done)
+
+  def body(c):
+    i, cache, tokens, logprobs, rng, done, lengths = c
+    rng, step_rng = jax.random.split(rng)
+    prev = tokens[:, i - 1]
+    h, cache = model.decode_step(prev, next_pos + i - 1, cache, start_slot + i - 1)
+    cache = _constrain_cache(cache)
+    tok, lp = sample(model.logits(h), step_rng, temperature, top_k, top_p, mode)
+    tok = jnp.where(done, pad_id, tok)
+    lp = jnp.where(done, 0.0, lp)
+    tokens = jax.lax.dynamic_update_index_in_dim(tokens, tok, i, 1)
+    logprobs = jax.lax.dynamic_update_index_in_dim(logprobs, lp, i, 1)
+    finished_now = ~done & jnp.isin(tok, eos_ids)
+    lengths = jnp.where(finished_now, i + 1, lengths)
+    return i + 1, cache, tokens, logprobs, rng, done | finished_now, lengths
+
+  i, cache, tokens, logprobs, _, done, lengths = jax.lax.while_loop(
+      cond, body, (jnp.int32(1), cache, tokens, logprobs, rng, done, lengths))
+  lengths = jnp.where(done, lengths, max_new)
+  return tokens, logprobs, lengths
+
+
+def _constrain_cache(cache: KVCache) -> KVCache:
+  names = ("layers", "batch", "length", "act_kv_heads", None)
+  return KVCache(sharding.constrain(cache.k, names), sharding.constrain(cache.v, names),
+                 sharding.constrain(cache.key_mask, ("batch", "length")))
+
+
+# ---------------------------------------------------------------------------------------------- entry point
+
+def left_pad_prompts(batch: dict, *, pad_token_id: int, patch_dim: int,
+                     length_buckets: Sequence[int] = batch_lib.DEFAULT_LENGTH_BUCKETS) -> dict:
+  """Processor output (left-padded or not) -> static batch whose prompts all end at the last slot."""
+  ids = np.asarray(batch["input_ids"])
+  if ids.ndim == 1:
+    ids = ids[None]
+  mask = np.asarray(batch.get("attention_mask", np.ones_like(ids))).reshape(ids.shape)
+  b, length = ids.shape
+  padded = batch_lib.round_up_to_bucket(length, length_buckets)
+  out_ids = np.full((b, padded), pad_token_id, np.int32)
+  out_mask = np.zeros((b, padded), np.int32)
+  for r in range(b):  # move each row's real tokens flush right (handles right-padded input too)
+    real = ids[r][mask[r].astype(bool)]
+    out_ids[r, padded - len(real):] = real
+    out_mask[r, padded - len(real):] = 1
+  pv, thw = batch.get("pixel_values"), batch.get("image_grid_thw")
+  if pv is not None and np.asarray(pv).ndim == 3:  # already in static slot form
+    slots, grids = np.asarray(pv), np.asarray(thw, np.int32)
+  else:
+    n_img = 0 if thw is None else len(np.asarray(thw).reshape(-1, 3))
+    max_p = int(batch_lib.image_patch_counts(thw).max()) if n_img else 1
+    slots, grids = batch_lib.pad_images(
+        pv, thw, num_slots=batch_lib.round_up_to_bucket(max(n_img, 1), batch_lib.DEFAULT_IMAGE_SLOT_BUCKETS),
+        num_patches=batch_lib.round_up_to_bucket(max_p, batch_lib.DEFAULT_PATCH_BUCKETS), patch_dim=patch_dim)
+  return {"input_ids": out_ids, "attention_mask": out_mask, "pixel_values": slots, "image_grid_thw": grids}
+
+
+def generate(model, batch: dict, *, max_new_tokens: int, temperature: float = 0.0, top_k: int = 0,
+             top_p: float = 1.0, seed: int = 0, eos_token_ids=None, num_samples: int = 1,
+             length_buckets: Sequence[int] = batch_lib.DEFAULT_LENGTH_BUCKETS,
+             new_token_buckets: Sequence[int] = NEW_TOKEN_BUCKETS, mesh=None, return_device_arrays=False):
+  """Samples `num_samples` completions per prompt. See the module docstring; returns a `Generation`."""
+  cfg = model.cfg
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+  if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
+    raise ValueError(f"bad sampling settings: temperature={temperature}, top_k={top_k}, top_p={top_p}")
+  pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else 0
+  static = left_pad_prompts(batch, pad_token_id=pad_id, patch_dim=cfg.vision.patch_dim,
+                            length_buckets=length_buckets)
+  n_tok = int((static["input_ids"] == cfg.image_token_id).sum())
+  n_feat = int(batch_lib.image_patch_counts(static["image_grid_thw"]).sum() // cfg.vision.merge_unit)
+  if n_tok != n_feat:
+    raise ValueError(f"{n_tok} image tokens in the prompts but image_grid_thw gives {n_feat} image features")
+  buffer = batch_lib.round_up_to_bucket(max_new_tokens, new_token_buckets)
+  prompt_len = static["input_ids"].shape[1]
+  cache_size = prompt_len + buffer
+  if cache_size > cfg.text.max_position_embeddings:
+    raise ValueError(f"prompt ({prompt_len}) + generation buffer ({buffer}) exceeds the model's "
+                     f"{cfg.text.max_position_embeddings} positions")
+  mode = "greedy" if temperature == 0 else ("sample" if top_k == 0 and top_p >= 1.0 else "sample_filtered")
+  eos = np.asarray([-1] if not eos_token_ids else
+                   ([eos_token_ids] if np.isscalar(eos_token_ids) else list(eos_token_ids)), np.int32)
+  graphdef, state = nnx.split(model)
+  rng_prefill, rng_decode = jax.random.split(jax.random.key(seed))
+  scalars = (jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p))
+
+  ctx = sharding.use_mesh(mesh) if mesh is not None else _nullcontext()
+  with ctx:
+    arrays = {k: jnp.asarray(v) for k, v in static.items()}
+    if mesh is not None:
+      arrays = {k: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim, leading=(
+          "images" if k in ("pixel_values", "image_grid_thw") else "batch"))) for k, v in arrays.items()}
+    cache, first, first_lp, next_pos = _prefill(
+        graphdef, state, arrays["input_ids"], arrays["attention_mask"], arrays["pixel_values"],
+        arrays["image_grid_thw"], rng_prefill, *scalars, cache_size=cache_size, num_samples=num_samples,
+        mode=mode)
+    tokens, logprobs, lengths = _decode(
+        graphdef, state, cache, first, first_lp, next_pos, jnp.int32(prompt_len), jnp.int32(max_new_tokens),
+        rng_decode, *scalars, jnp.asarray(eos), jnp.int32(pad_id), buffer=buffer, mode=mode)
+  tokens, logprobs = tokens[:, :max_new_tokens], logprobs[:, :max_new_tokens]
+  if not return_device_arrays:
+    tokens, logprobs, lengths = (np.asarray(jax.device_get(x)) for x in (tokens, logprobs, lengths))
+  return Generation(tokens, logprobs, lengths, prompt_len)
+
+
+class _nullcontext:
+  def __enter__(self):
+    return None
+
+  def __exit__(self, *a):
+    return False
