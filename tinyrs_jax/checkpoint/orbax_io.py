@@ -93,3 +93,124 @@ def load_model(path: str, dtype="float32", param_dtype=None):
   model = nnx.merge(graphdef, params, rest)
   model.source_dir = marker.get("tokenizer_dir")
   return model
+
+
+# ------------------------------------------------------------------------------------- train states
+#
+# A trainer's checkpoint step holds four items:
+#   params     the model parameters (pure dict; what `tinyrs_jax.load` and a later stage's init read)
+#   opt_state  the optimizer state (over the trainable parameters)
+#   meta       {"step", "rng"} as arrays
+#   data       this process's data-iterator state, one JSON file per process (process_<i>-of-<n>.json)
+
+
+def _ocp():
+  import orbax.checkpoint as ocp
+  return ocp
+
+
+class ProcessJsonHandler:
+  """Orbax handler for a small JSON-able dict per process (data-iterator states): every process writes its own."""
+
+  def save(self, directory, args=None):
+    import jax as _jax
+    path = os.path.join(str(directory), f"process_{_jax.process_index()}-of-{_jax.process_count()}.json")
+    with open(path, "w") as f:
+      json.dump(args.state, f)
+
+  def restore(self, directory, args=None):
+    import jax as _jax
+    path = os.path.join(str(directory), f"process_{_jax.process_index()}-of-{_jax.process_count()}.json")
+    if not os.path.exists(path):
+      found = sorted(os.listdir(str(directory))) if os.path.isdir(str(directory)) else []
+      raise FileNotFoundError(f"{path} not found (saved by another process count? found {found})")
+    with open(path) as f:
+      return json.load(f)
+
+  def metadata(self, directory):
+    return None
+
+  def structure(self, directory):
+    return None
+
+  def finalize(self, directory):
+    pass
+
+  def close(self):
+    pass
+
+  @classmethod
+  def typestr(cls):
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _register_process_json():
+  import dataclasses as _dc
+  ocp = _ocp()
+
+  @ocp.args.register_with_handler(ProcessJsonHandler, for_save=True)
+  @_dc.dataclass
+  class ProcessJsonSave(ocp.args.CheckpointArgs):
+    state: dict
+
+  @ocp.args.register_with_handler(ProcessJsonHandler, for_restore=True)
+  @_dc.dataclass
+  class ProcessJsonRestore(ocp.args.CheckpointArgs):
+    pass
+
+  return ProcessJsonSave, ProcessJsonRestore
+
+
+_PROCESS_JSON = None
+
+
+def _process_json_args():
+  global _PROCESS_JSON
+  if _PROCESS_JSON is None:
+    _PROCESS_JSON = _register_process_json()
+  return _PROCESS_JSON
+
+
+def save_train_state(mngr, state, data_state: dict | None = None, *, force: bool = False) -> bool:
+  """Saves a TrainState (anything with step/params/opt_state/rng) at its step; returns whether it saved."""
+  ocp = _ocp()
+  save_json, _ = _process_json_args()
+  step = int(jax.device_get(state.step))
+  items = dict(params=ocp.args.StandardSave(state.params), opt_state=ocp.args.StandardSave(state.opt_state),
+               meta=ocp.args.StandardSave({"step": state.step, "rng": state.rng}))
+  if data_state is not None:
+    items["data"] = save_json(state=data_state)
+  return mngr.save(step, args=ocp.args.Composite(**items), force=force)
+
+
+def restore_train_state(mngr, abstract_state, step: int | None = None, *, with_data: bool = True):
+  """(state, data_state or None) from the latest (or given) step, into abstract_state's shardings.
+
+  `abstract_state` is a TrainState of jax.ShapeDtypeStruct with shardings; returns the same type.
+  """
+  ocp = _ocp()
+  _, restore_json = _process_json_args()
+  step = mngr.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"{mngr.directory}: no checkpoint to restore")
+  items = dict(params=ocp.args.StandardRestore(abstract_state.params),
+               opt_state=ocp.args.StandardRestore(abstract_state.opt_state),
+               meta=ocp.args.StandardRestore({"step": abstract_state.step, "rng": abstract_state.rng}))
+  has_data = with_data and os.path.isdir(os.path.join(str(mngr.directory), str(step), "data"))
+  if has_data:
+    items["data"] = restore_json()
+  r = mngr.restore(step, args=ocp.args.Composite(**items))
+  state = abstract_state.replace(step=r["meta"]["step"], params=r["params"], opt_state=r["opt_state"],
+                                 rng=r["meta"]["rng"])
+  return state, (r["data"] if has_data else None)
+
+
+def latest_step(workdir: str) -> int | None:
+  """The latest finalized checkpoint step of a workdir (None when there is none)."""
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    return None
+  mngr = checkpoint_manager(workdir, async_save=False)
+  try:
+    return mngr.latest_step()
+  finally:
+    mngr.close()

@@ -1,0 +1,130 @@
+"""Losses as small registered functions, and the chunked log-probability they share.
+
+A loss function has the signature `loss_fn(model, batch, rng, **kwargs) -> LossOutput` and is looked up by
+name (`config.loss.name`), its kwargs come from the rest of `config.loss`. `LossOutput.loss` is a *sum* over
+the microbatch and `weight` what it is normalised by (e.g. the number of supervised tokens): the train step
+adds both over gradient-accumulation microbatches (and, through jit, over all devices and hosts) and divides
+once, so a step on k microbatches equals a step on their concatenation. `metrics` are sums too, reported
+divided by the total weight.
+
+`chunked_logprobs` is the only place the vocabulary projection happens in training: it computes
+log p(target) at the positions a mask selects, never building batch x length x vocab logits. Selected
+positions are first moved to the front of each row (a stable per-row sort), then processed in chunks of
+`chunk_size` positions per row with `lax.scan`; a chunk holding no selected position is skipped with
+`lax.cond`, and each chunk is rematerialised in the backward pass. Peak memory for logits is
+batch x chunk_size x vocab, work is proportional to the number of selected positions (rounded up to a
+chunk). SFT uses it for next-token cross-entropy; GRPO can use it for per-token log-probs of sampled tokens.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class LossOutput(NamedTuple):
+  loss: jax.Array  # scalar sum; the step divides by the total weight
+  weight: jax.Array  # scalar normaliser (e.g. supervised tokens)
+  metrics: dict[str, jax.Array]  # scalar sums, reported divided by the total weight
+
+
+_LOSSES: dict[str, Callable[..., LossOutput]] = {}
+
+
+def register_loss(name: str):
+  def wrap(fn):
+    if name in _LOSSES:
+      raise ValueError(f"loss {name!r} registered twice")
+    _LOSSES[name] = fn
+    return fn
+  return wrap
+
+
+def get_loss(name: str) -> Callable[..., LossOutput]:
+  if name not in _LOSSES:
+    raise KeyError(f"unknown loss {name!r}; known: {sorted(_LOSSES)}")
+  return _LOSSES[name]
+
+
+def loss_names() -> list[str]:
+  return sorted(_LOSSES)
+
+
+# ------------------------------------------------------------------------------------------- log-probs
+
+def _target_logprob(h, w, targets, dtype):
+  """h (B, C, D), w (D, V), targets (B, C) -> log softmax(h @ w)[target] in fp32, (B, C)."""
+  logits = jnp.dot(h.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+  lse = jax.nn.logsumexp(logits, axis=-1)
+  picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  return picked - lse
+
+
+def chunked_logprobs(hidden: jax.Array, head: jax.Array, targets: jax.Array, mask: jax.Array, *,
+                     chunk_size: int = 256, dtype=None) -> jax.Array:
+  """log p(targets) under softmax(hidden @ head) where mask is set, 0 elsewhere; (B, L) fp32.
+
+  hidden (B, L, D), head (D, V), targets (B, L) int, mask (B, L). Differentiable in hidden and head.
+  """
+  b, l, d = hidden.shape
+  dtype = dtype or hidden.dtype
+  mask = mask.astype(bool)
+  c = max(1, min(int(chunk_size), l))
+  n = -(-l // c)
+  pad = n * c - l
+  order = jnp.argsort(~mask, axis=1, stable=True)  # selected positions first, in order
+  hs = jnp.take_along_axis(hidden, order[..., None], axis=1)
+  ts = jnp.take_along_axis(targets.astype(jnp.int32), order, axis=1)
+  ms = jnp.take_along_axis(mask, order, axis=1)
+  if pad:
+    hs = jnp.pad(hs, ((0, 0), (0, pad), (0, 0)))
+    ts = jnp.pad(ts, ((0, 0), (0, pad)))
+    ms = jnp.pad(ms, ((0, 0), (0, pad)))
+  chunks = lambda x: jnp.moveaxis(x.reshape((b, n, c) + x.shape[2:]), 1, 0)  # (n, B, c, ...)
+  one = jax.checkpoint(lambda h, t: _target_logprob(h, head, t, dtype))
+
+  def body(_, xs):
+    h, t, m = xs
+    lp = jax.lax.cond(jnp.any(m), one, lambda h, t: jnp.zeros(t.shape, jnp.float32), h, t)
+    return None, jnp.where(m, lp, 0.0)
+
+  _, lps = jax.lax.scan(body, None, (chunks(hs), chunks(ts), chunks(ms)))
+  lps = jnp.moveaxis(lps, 0, 1).reshape(b, n * c)[:, :l]
+  inverse = jnp.argsort(order, axis=1)
+  return jnp.take_along_axis(lps, inverse, axis=1)
+
+
+def plain_logprobs(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
+  """The reference: full logits (B, L, V) -> masked log p(targets) (B, L). Tests and small evals only."""
+  lp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  lp = jnp.take_along_axis(lp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  return jnp.where(mask.astype(bool), lp, 0.0)
+
+
+def next_token_targets(batch: dict[str, Any]) -> tuple[jax.Array, jax.Array]:
+  """(targets, mask) aligned with the hidden states: position i predicts token i+1 where loss_mask[i+1]."""
+  ids = batch["input_ids"]
+  targets = jnp.concatenate([ids[:, 1:], jnp.zeros_like(ids[:, :1])], axis=1)
+  lm = batch["loss_mask"].astype(bool)
+  mask = jnp.concatenate([lm[:, 1:], jnp.zeros_like(lm[:, :1])], axis=1)
+  return targets, mask
+
+
+def hidden_states(model, batch):
+  return model.hidden_states(batch["input_ids"], batch["attention_mask"], batch.get("pixel_values"),
+                             batch.get("image_grid_thw"))
+
+
+# -------------------------------------------------------------------------------------------------- SFT
+
+@register_loss("next_token_ce")
+def next_token_ce(model, batch, rng=None, *, chunk_size: int = 256) -> LossOutput:
+  """Token-level cross-entropy on the supervised tokens (loss_mask), summed; weight = their count."""
+  del rng
+  h = hidden_states(model, batch)
+  targets, mask = next_token_targets(batch)
+  lp = chunked_logprobs(h, model.head_weight(), targets, mask, chunk_size=chunk_size, dtype=model.dtype)
+  nll = -jnp.sum(lp)
+  count = jnp.sum(mask).astype(jnp.float32)
+  return LossOutput(loss=nll, weight=count, metrics={})
