@@ -71,6 +71,20 @@ def restore_params(workdir: str, step: int | None, abstract_params: nnx.State) -
   return state
 
 
+def restore_params_pure(workdir: str, step: int | None, abstract_params):
+  """Restores the 'params' item as a pure dict into `abstract_params` (ShapeDtypeStructs with shardings)."""
+  import orbax.checkpoint as ocp
+  mngr = checkpoint_manager(workdir, async_save=False)
+  try:
+    step = mngr.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"{workdir}: no checkpoint steps under checkpoints/")
+    restored = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)))
+  finally:
+    mngr.close()
+  return restored["params"]
+
+
 def _abstract(x):
   sharding = getattr(x, "sharding", None)
   return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)

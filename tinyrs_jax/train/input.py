@@ -10,6 +10,7 @@ Everything the trainer needs from an input is:
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import jax
@@ -140,3 +141,57 @@ def global_shape(batch: dict[str, np.ndarray], grad_accum: int = 1) -> dict[str,
     shape[lead] *= jax.process_count()
     out[k] = tuple(shape)
   return out
+
+
+# ------------------------------------------------------------------------------------ config -> inputs
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+  """What the config's data block resolves to (paths made concrete, demo assets built when asked)."""
+  source: str  # "random" or "pipeline"
+  tokenizer_dir: str | None = None
+  train_path: str | None = None
+  val_path: str | None = None
+
+
+def resolve_data(config) -> DataSpec:
+  d = config.data
+  if d.source == "random":
+    return DataSpec("random", d.get("tokenizer_dir") or None)
+  raise ValueError(f"unknown data.source {d.source!r}; use random or pipeline")
+
+
+def make_iterator(config, spec: DataSpec, split: str, model_cfg: Qwen2VLConfig, *, batch_size: int,
+                  process_index: int = 0, process_count: int = 1):
+  """This process's iterator over global batches of `batch_size` rows (its slice of each)."""
+  d = config.data
+  if spec.source == "random":
+    seed = int(config.seed) + (0 if split == "train" else 7919)
+    return RandomBatches(model_cfg, batch_size=batch_size, length=int(d.length), seed=seed,
+                         grid=tuple(d.get("grid", (1, 4, 4))), process_index=process_index,
+                         process_count=process_count)
+  raise ValueError(f"unknown data.source {spec.source!r}")
+
+
+def total_steps(config, spec: DataSpec, global_batch: int) -> int:
+  if int(config.get("total_steps", -1)) > 0:
+    return int(config.total_steps)
+  raise ValueError("set config.total_steps (data.source=random has no epochs)")
+
+
+def has_eval(config, spec: DataSpec) -> bool:
+  return int(config.eval.get("num_batches", 0)) != 0
+
+
+def eval_batches(config, spec: DataSpec, model_cfg: Qwen2VLConfig, *, process_index: int = 0,
+                 process_count: int = 1):
+  """The same evaluation batches every time (a fresh iterator over the validation split)."""
+  e = config.eval
+  bs = int(e.get("batch_size", 0) or config.batch_size // int(config.get("grad_accum_steps", 1)))
+  it = make_iterator(config, spec, "val", model_cfg, batch_size=bs, process_index=process_index,
+                     process_count=process_count)
+  n = int(e.get("num_batches", 0))
+  for i, b in enumerate(it):
+    if 0 <= n <= i:
+      return
+    yield b

@@ -1,0 +1,74 @@
+"""Entry point of every trainer: `python -m tinyrs_jax.main --config=configs/<stage>.py[:variant] --workdir=DIR`.
+
+  --config            a config file; `:variant` after the path picks a variant (e.g. `:demo`)
+  --config.<field>=x  overrides any field of the config (a field that does not exist is an error)
+  --workdir           checkpoints, metrics.jsonl, TensorBoard events; an existing workdir is resumed
+
+config.trainer picks the trainer module (sft for stages 1-3). Multi-host: every host runs the same command;
+see config.distributed (TPU pods and SLURM are detected, or pass the coordinator explicitly).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+TRAINERS = {"sft": "tinyrs_jax.train.sft"}  # grpo: added by the GRPO trainer
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/pretrain.py or configs/pretrain.py:demo. Any field can be "
+    "overridden with --config.<field>=<value>.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics.jsonl, TensorBoard events. "
+                               "An existing one is resumed from its latest checkpoint.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: the job stopped early (checkpoint saved) and should be rerun
+
+
+class _QuietLibraries:
+  """Keeps orbax's and grain's per-file INFO chatter out of the log (their warnings and errors stay)."""
+
+  def filter(self, record) -> bool:
+    path = getattr(record, "pathname", "")
+    return record.levelno >= 30 or not any(f"/{lib}/" in path for lib in ("orbax", "grain"))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  config = _CONFIG.value
+  workdir = os.path.abspath(_WORKDIR.value)
+  from tinyrs_jax.train import distributed
+  distributed.initialize(config.get("distributed"))
+  if config.trainer not in TRAINERS:
+    raise app.UsageError(f"config.trainer={config.trainer!r}; known trainers: {sorted(TRAINERS)}")
+  logging.info("config:\n%s", config)
+  trainer = importlib.import_module(TRAINERS[config.trainer])
+  summary = trainer.train_and_evaluate(config, workdir)
+  if summary.get("preempted"):
+    sys.exit(PREEMPTED_EXIT_CODE)
+
+
+def _parse_flags(argv):
+  """absl's flag parsing, with a one-line error for a config override that names no field."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.stderr.write(f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.\n")
+  except (AttributeError, KeyError) as e:
+    bad = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+    msg = str(e.args[0] if e.args else e).strip("\"'").replace("\\n", " ").replace("\n", " ").replace("\\'", "'")
+    sys.stderr.write(f"FATAL config override error: no such config field {msg} (overrides given: {bad}).\n")
+  sys.exit(1)
+
+
+def run():
+  app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+  run()

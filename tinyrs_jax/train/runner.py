@@ -1,0 +1,234 @@
+"""What every trainer does around its step function: mesh, model and tokenizer, initial state (resume, an
+earlier stage's workdir, a Hugging Face folder, or random), checkpoints, preemption, the kill hook, export.
+
+SFT (train/sft.py) and GRPO use these pieces unchanged; only the loop body and the loss differ.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from tinyrs_jax import sharding as sharding_lib
+from tinyrs_jax.checkpoint import orbax_io
+from tinyrs_jax.models import presets
+from tinyrs_jax.train import state as state_lib
+
+
+# ------------------------------------------------------------------------------------------------- mesh
+
+def make_mesh(config):
+  m = config.mesh
+  mesh = sharding_lib.make_mesh(int(m.data), int(m.fsdp), int(m.tensor))
+  logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.size, jax.process_count())
+  return mesh
+
+
+# ------------------------------------------------------------------------------------------------ model
+
+@dataclasses.dataclass(frozen=True)
+class ModelSource:
+  cfg: presets.Qwen2VLConfig
+  tokenizer_dir: str | None
+  init: str  # "resume", "workdir", "hf" or "random"
+  init_path: str | None = None
+
+
+def with_tokenizer_ids(cfg: presets.Qwen2VLConfig, tokenizer_dir: str) -> presets.Qwen2VLConfig:
+  """A preset's special token ids replaced by the tokenizer's (the demo tokenizer has its own)."""
+  from tinyrs_jax.data.tokenizer import Tokenizer
+  tok = Tokenizer.from_folder(tokenizer_dir)
+  if tok.vocab_size > cfg.text.vocab_size:
+    raise ValueError(f"tokenizer {tokenizer_dir} has {tok.vocab_size} ids, more than the model's vocabulary "
+                     f"{cfg.text.vocab_size}")
+  return cfg.replace(image_token_id=tok.image_pad_id, video_token_id=tok.video_pad_id,
+                     vision_start_token_id=tok.vision_start_id, vision_end_token_id=tok.vision_end_id,
+                     eos_token_id=tok.eos_id, pad_token_id=tok.pad_id, bos_token_id=None)
+
+
+def _has_tokenizer(path: str | None) -> bool:
+  return bool(path) and os.path.exists(os.path.join(path, "tokenizer.json"))
+
+
+def resolve_model(config, workdir: str, tokenizer_dir: str | None = None) -> ModelSource:
+  """The model config and tokenizer folder: from this workdir when resuming, else from init.workdir's marker,
+  init.hf_dir's config.json, or the preset (with the tokenizer's special ids)."""
+  from tinyrs_jax.checkpoint import hf
+  init = config.init
+  if orbax_io.latest_step(workdir) is not None:
+    marker = orbax_io.read_marker(workdir)
+    cfg = presets.from_hf_dict(marker["config"], source=os.path.join(workdir, orbax_io.MARKER))
+    return ModelSource(cfg, marker.get("tokenizer_dir") or tokenizer_dir, "resume", workdir)
+  if init.get("workdir"):
+    src = init.workdir
+    if not orbax_io.is_our_checkpoint(src):
+      raise FileNotFoundError(f"init.workdir={src!r} is not a tinyrs_jax workdir (no {orbax_io.MARKER})")
+    marker = orbax_io.read_marker(orbax_io._find(src)[0])
+    cfg = presets.from_hf_dict(marker["config"], source=os.path.join(src, orbax_io.MARKER))
+    return ModelSource(cfg, tokenizer_dir or marker.get("tokenizer_dir"), "workdir", src)
+  if init.get("hf_dir"):
+    cfg = hf.read_config(init.hf_dir)
+    tok = tokenizer_dir or (init.hf_dir if _has_tokenizer(init.hf_dir) else None)
+    return ModelSource(cfg, tok, "hf", init.hf_dir)
+  if not init.get("allow_random", False):
+    raise ValueError("no initial weights: set --config.init.hf_dir=<Hugging Face Qwen2-VL folder> or "
+                     "--config.init.workdir=<an earlier stage's workdir> (or init.allow_random=True)")
+  cfg = presets.get_preset(config.model.preset)
+  if tokenizer_dir:
+    cfg = with_tokenizer_ids(cfg, tokenizer_dir)
+  return ModelSource(cfg, tokenizer_dir, "random")
+
+
+def make_model(config, source: ModelSource) -> state_lib.Model:
+  m = config.model
+  return state_lib.make_model(source.cfg, dtype=m.dtype, param_dtype=m.get("param_dtype", "float32"),
+                              remat_policy=m.get("remat_policy", "none"))
+
+
+# ----------------------------------------------------------------------------------------- initial state
+
+def _put_global(x: np.ndarray, sharding) -> jax.Array:
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
+def load_init_params(source: ModelSource, model: state_lib.Model, shardings: state_lib.TrainState, init_step=-1):
+  """Parameters from an earlier stage's workdir or an HF folder, placed in their shardings."""
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          model.abstract_params, shardings.params)
+  if source.init == "workdir":
+    workdir, step = orbax_io._find(source.init_path)
+    step = step if step is not None else (None if init_step is None or init_step < 0 else int(init_step))
+    return orbax_io.restore_params_pure(workdir, step, abstract)
+  if source.init == "hf":
+    from tinyrs_jax.checkpoint import hf
+    from tinyrs_jax.models.qwen2_vl import Qwen2VL
+    abstract_module = nnx.eval_shape(lambda: Qwen2VL(source.cfg, rngs=nnx.Rngs(0), **model.kwargs))
+    host = hf.load_hf_params(source.init_path, abstract_module, source.cfg,
+                             model.kwargs.get("param_dtype", "float32"))
+    host = host.to_pure_dict()
+    return jax.tree.map(lambda x, a: _put_global(np.asarray(x, a.dtype), a.sharding), host, abstract)
+  raise ValueError(f"no parameters to load for init {source.init!r}")
+
+
+def initial_state(config, source: ModelSource, model: state_lib.Model, opt, shardings, ckpt: "Checkpointer",
+                  seed: int):
+  """(state, data_state or None): resumed from the workdir, or fresh (params from init or random)."""
+  if source.init == "resume":
+    abstract = state_lib.abstract_state(model, opt, shardings)
+    state, data_state = ckpt.restore(abstract)
+    logging.info("resumed from %s at step %d", ckpt.directory, int(state.step))
+    return state, data_state
+  if source.init in ("workdir", "hf"):
+    t0 = time.time()
+    params = load_init_params(source, model, shardings, config.init.get("step", -1))
+    logging.info("initial parameters from %s (%s) in %.1fs", source.init_path, source.init, time.time() - t0)
+    return state_lib.state_from_params(params, opt, shardings, seed), None
+  logging.info("random initial parameters (preset %s, seed %d)", config.model.preset, seed)
+  return state_lib.init_state(model, opt, shardings, seed), None
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+class Checkpointer:
+  """An orbax CheckpointManager over <workdir>/checkpoints: every N steps and at the end, keep K, async."""
+
+  def __init__(self, workdir: str, *, every_steps: int, keep: int, async_save: bool = True):
+    self.every_steps = max(int(every_steps), 0)
+    self.mngr = orbax_io.checkpoint_manager(workdir, max_to_keep=keep if keep > 0 else None,
+                                            save_interval_steps=1, async_save=async_save)
+    self.directory = str(self.mngr.directory)
+    self.last_saved = self.mngr.latest_step()
+
+  def due(self, step: int) -> bool:
+    return self.every_steps > 0 and step % self.every_steps == 0
+
+  def save(self, state, data_state: dict | None, *, force: bool = False) -> bool:
+    step = int(jax.device_get(state.step))
+    if step == self.last_saved:
+      return False
+    saved = orbax_io.save_train_state(self.mngr, state, data_state, force=force)
+    if saved:
+      self.last_saved = step
+      logging.info("checkpoint step %d -> %s%s", step, self.directory,
+                   " (async)" if self.mngr._options.enable_async_checkpointing else "")
+    return saved
+
+  def restore(self, abstract_state):
+    return orbax_io.restore_train_state(self.mngr, abstract_state)
+
+  def wait(self):
+    self.mngr.wait_until_finished()
+
+  def close(self):
+    self.mngr.wait_until_finished()
+    self.mngr.close()
+
+
+# ------------------------------------------------------------------------------------------ preemption
+
+class Preemption:
+  """SIGTERM (preemption) -> save a checkpoint at the next step boundary and stop.
+
+  One process: a signal handler sets a flag. Several processes: jax's preemption sync service (started by
+  jax.distributed) agrees on one step for all of them (orbax's reached_preemption), and a SIGTERM seen by this
+  process's own handler is shared with a tiny all-gather so all processes stop at the same step.
+  """
+
+  def __init__(self, ckpt: Checkpointer | None = None):
+    self.flag = False
+    self.ckpt = ckpt
+    self._previous = None
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handler)
+    except ValueError:  # not the main thread
+      self._previous = None
+
+  def _handler(self, signum, frame):
+    del signum, frame
+    self.flag = True
+
+  def requested(self, step: int) -> bool:
+    if jax.process_count() == 1:
+      return self.flag
+    from jax.experimental import multihost_utils
+    flags = multihost_utils.process_allgather(np.asarray([self.flag], np.int32))
+    synced = self.ckpt is not None and self.ckpt.mngr.reached_preemption(step)
+    return bool(np.asarray(flags).any()) or bool(synced)
+
+  def restore_handler(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def debug_kill(step: int, ckpt: Checkpointer | None) -> None:
+  """Test hook (config.debug_kill_at_step): SIGKILL this process right after `step`, once the checkpoints
+  already started are on disk, as a crash at a well-defined point would."""
+  if ckpt is not None:
+    ckpt.wait()
+  logging.warning("debug_kill_at_step=%d: SIGKILL", step)
+  logging.flush()
+  os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ---------------------------------------------------------------------------------------------- export
+
+def export_hf(model: state_lib.Model, params, out_dir: str, *, dtype: str | None = None,
+              tokenizer_dir: str | None = None) -> str | None:
+  """Writes a transformers-loadable folder (process 0; parameters gathered to host)."""
+  import tinyrs_jax
+  from jax.experimental import multihost_utils
+  host = jax.tree.map(np.asarray, multihost_utils.process_allgather(params, tiled=True))
+  if jax.process_index() != 0:
+    return None
+  module = model.merge(jax.tree.map(jnp.asarray, host))
+  path = tinyrs_jax.save_hf(module, out_dir, dtype=dtype or None, source_dir=tokenizer_dir)
+  logging.info("exported a Hugging Face folder to %s", path)
+  return path
