@@ -19,6 +19,8 @@ setup(
         "pillow",
         "safetensors",
         "tokenizers>=0.21",
+        "jinja2>=3.1",
+        "ml_dtypes",
         "tensorboardX",
         "tifffile",
         "matplotlib",

@@ -27,6 +27,20 @@ DEFAULT_PATCH_BUCKETS = (64, 256, 1024, 2048, 4096, 5120, 8192, 16384)
 DEFAULT_IMAGE_SLOT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
+def fine_buckets(lo: int = 16, hi: int = 32768, per_octave: int = 8) -> tuple[int, ...]:
+  """Buckets with at most 1/per_octave padding waste (multiples of 16): for prompts, where compute is wasted
+  on every padded token, at the price of more distinct shapes than the training buckets."""
+  out, n = [], lo
+  while n <= hi:
+    out.append(n)
+    step = max(lo, 1 << max(0, n.bit_length() - 1 - (per_octave.bit_length() - 1)))
+    n += step
+  return tuple(out)
+
+
+PROMPT_LENGTH_BUCKETS = fine_buckets()
+
+
 def round_up_to_bucket(n: int, buckets: Sequence[int], what: str = "size") -> int:
   """The smallest bucket >= n; beyond the largest bucket, the next multiple of it (never an error)."""
   for b in sorted(buckets):

@@ -35,13 +35,16 @@ class KVCache(NamedTuple):
 def gqa_attention(q, k, v, allowed, dtype):
   """q (B, L, H, D); k, v (B, S, KVH, D); allowed (B, L, S) bool -> (B, L, H*D). Softmax in fp32."""
   b, l, h, d = q.shape
-  kvh = k.shape[2]
-  q = q.reshape(b, l, kvh, h // kvh, d)
-  scores = jnp.einsum("blkgd,bskd->bkgls", q, k, preferred_element_type=jnp.float32) * (d ** -0.5)
-  scores = jnp.where(allowed[:, None, None], scores, NEG_INF)
-  probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-  out = jnp.einsum("bkgls,bskd->blkgd", probs, v)
-  return out.reshape(b, l, h * d)
+  s, kvh = k.shape[1], k.shape[2]
+  g = h // kvh
+  # (B, KVH, G·L, D) x (B, KVH, D, S): each KV head serves its G query heads in one batched matmul.
+  q = q.reshape(b, l, kvh, g, d).transpose(0, 2, 3, 1, 4).reshape(b, kvh, g * l, d)
+  k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # (B, KVH, S, D)
+  scores = jnp.matmul(q, jnp.swapaxes(k, -1, -2), preferred_element_type=jnp.float32) * (d ** -0.5)
+  scores = jnp.where(allowed[:, None, None], scores.reshape(b, kvh, g, l, s), NEG_INF)
+  probs = jax.nn.softmax(scores, axis=-1).astype(dtype).reshape(b, kvh, g * l, s)
+  out = jnp.matmul(probs, v).reshape(b, kvh, g, l, d)
+  return out.transpose(0, 3, 1, 2, 4).reshape(b, l, h * d)
 
 
 class DecoderLayer(nnx.Module):

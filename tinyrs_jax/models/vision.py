@@ -66,9 +66,11 @@ class VisionBlock(nnx.Module):
     qf, kf = q.astype(jnp.float32), k.astype(jnp.float32)
     q = (qf * c + rotate_half(qf) * s).astype(self.dtype)
     k = (kf * c + rotate_half(kf) * s).astype(self.dtype)
-    scores = jnp.einsum("iqhd,ikhd->ihqk", q, k, preferred_element_type=jnp.float32) * (hd ** -0.5)
+    # Heads-major layout with plain batched matmuls: XLA:CPU runs these far faster than the einsums.
+    q, k, v = (jnp.swapaxes(a, 1, 2) for a in (q, k, v))  # (I, heads, P, hd)
+    scores = jnp.matmul(q, jnp.swapaxes(k, -1, -2), preferred_element_type=jnp.float32) * (hd ** -0.5)
     probs = jax.nn.softmax(scores + bias, axis=-1).astype(self.dtype)
-    attn = jnp.einsum("ihqk,ikhd->iqhd", probs, v).reshape(i, p, e)
+    attn = jnp.swapaxes(jnp.matmul(probs, v), 1, 2).reshape(i, p, e)
     attn = sharding.constrain(attn, ("images", "patches", "act_embed"))
     x = x + self.proj(attn)
     x = x + self.fc2(quick_gelu(self.fc1(self.norm2(x))))

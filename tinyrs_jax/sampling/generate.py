@@ -177,7 +177,7 @@ def left_pad_prompts(batch: dict, *, pad_token_id: int, patch_dim: int,
 
 def generate(model, batch: dict, *, max_new_tokens: int, temperature: float = 0.0, top_k: int = 0,
              top_p: float = 1.0, seed: int = 0, eos_token_ids=None, num_samples: int = 1,
-             length_buckets: Sequence[int] = batch_lib.DEFAULT_LENGTH_BUCKETS,
+             length_buckets: Sequence[int] = batch_lib.PROMPT_LENGTH_BUCKETS,
              new_token_buckets: Sequence[int] = NEW_TOKEN_BUCKETS, mesh=None, return_device_arrays=False):
   """Samples `num_samples` completions per prompt. See the module docstring; returns a `Generation`."""
   cfg = model.cfg
