@@ -117,10 +117,15 @@ def _normalize_key(k: str) -> str:
 # ---------------------------------------------------------------------------------------------- reading
 
 class SafetensorsFolder:
-  """Random access to the tensors of one or several safetensors files in a folder, opened lazily."""
+  """Random access to the tensors of one or several safetensors files in a folder.
+
+  Each read opens its file and closes it again: keeping the memory maps open would keep every page read so
+  far mapped into the process, doubling its footprint by the end of a 2B load.
+  """
 
   def __init__(self, path: str):
     from safetensors import safe_open
+    self._open = safe_open
     self.path = path
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.exists(index):
@@ -131,19 +136,21 @@ class SafetensorsFolder:
       files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
       if not files:
         raise FileNotFoundError(f"{path}: no *.safetensors files (and no model.safetensors.index.json)")
-    self._handles = {f: safe_open(os.path.join(path, f), framework="np") for f in files}
     self.where: dict[str, tuple[str, str]] = {}  # normalized key -> (file, raw key)
-    for f, h in self._handles.items():
-      for k in h.keys():
-        self.where[_normalize_key(k)] = (f, k)
+    self.shapes: dict[str, tuple[int, ...]] = {}
+    for f in files:
+      with safe_open(os.path.join(path, f), framework="np") as h:
+        for k in h.keys():
+          self.where[_normalize_key(k)] = (f, k)
+          self.shapes[_normalize_key(k)] = tuple(h.get_slice(k).get_shape())
 
   def shape(self, key: str) -> tuple[int, ...]:
-    f, raw = self.where[key]
-    return tuple(self._handles[f].get_slice(raw).get_shape())
+    return self.shapes[key]
 
   def get(self, key: str) -> np.ndarray:
     f, raw = self.where[key]
-    return self._handles[f].get_tensor(raw)
+    with self._open(os.path.join(self.path, f), framework="np") as h:
+      return h.get_tensor(raw)  # numpy's view of a bytes copy: independent of the (now closed) map
 
 
 def read_config(path: str) -> presets.Qwen2VLConfig:
@@ -181,7 +188,7 @@ def load_hf_params(path: str, model_abstract: nnx.Module, cfg, dtype) -> nnx.Sta
     hf_shape = _expected_hf_shape(e, our_shape, cfg)
     keys = [e.hf.format(i=i) for i in range(_num_layers(cfg, e))] if e.stacked else [e.hf]
     expected_keys.update(keys)
-    out = np.empty(our_shape, np_dtype)
+    out = np.empty(our_shape, np_dtype) if e.stacked else None
     for i, k in enumerate(keys):
       if k not in folder.where:
         problems.append(f"missing key {k} (expected shape {hf_shape})")
@@ -190,12 +197,15 @@ def load_hf_params(path: str, model_abstract: nnx.Module, cfg, dtype) -> nnx.Sta
       if got != hf_shape:
         problems.append(f"key {k}: checkpoint shape {got} != model shape {hf_shape}")
         continue
-      x = _to_ours(e.kind, folder.get(k)).astype(np_dtype)
+      x = _to_ours(e.kind, folder.get(k))
       if e.stacked:
-        out[i] = x
+        out[i] = x  # casts on assignment: no intermediate copy
       else:
-        out[...] = x
-    var.set_value(out)
+        out = np.asarray(x, np_dtype)
+      del x
+    if out is not None:
+      var.set_value(jnp.asarray(out))  # hand each tensor to JAX as it is filled: one copy of the model at a time
+    del out
   extra = sorted(set(folder.where) - expected_keys)
   if cfg.text.tie_word_embeddings:
     extra = [k for k in extra if k != "lm_head.weight"]  # some tied exports still carry the copy
@@ -217,8 +227,9 @@ def load(path: str, dtype="float32", param_dtype=None, remat_policy="none") -> Q
                                             remat_policy=remat_policy))
   graphdef, _ = nnx.split(abstract)
   state = load_hf_params(path, abstract, cfg, param_dtype)
-  state = jax.tree.map(jnp.asarray, state)
-  return nnx.merge(graphdef, state)
+  model = nnx.merge(graphdef, state)
+  model.source_dir = path  # tokenizer / processor files travel with exports
+  return model
 
 
 # ---------------------------------------------------------------------------------------------- writing
