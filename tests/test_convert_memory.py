@@ -48,4 +48,5 @@ def test_load_streams(tmp_path):
   model_mb, over_mb = float(words[words.index("PARAMS_MB") + 1]), float(words[words.index("PEAK_OVER_BASE_MB") + 1])
   assert model_mb > 400
   # one copy of the model plus transients of about twice its largest tensor (the 128 MiB embedding here)
-  assert over_mb < 1.5 * model_mb, (model_mb, over_mb)
+  # and allocator slack: measured 1.40-1.53x
+  assert over_mb < 1.6 * model_mb, (model_mb, over_mb)  # keeping a second copy would give >= 2.0
