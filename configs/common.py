@@ -35,8 +35,11 @@ def base(stage: str) -> ml_collections.ConfigDict:
       min_pixels=512 * 28 * 28,
       max_pixels=1280 * 28 * 28,
       max_length=2048,  # longer examples are skipped (counted)
+      length_buckets=(),  # () = tinyrs_jax.models.batch.DEFAULT_LENGTH_BUCKETS
+      patch_buckets=(),  # () = tinyrs_jax.models.batch.DEFAULT_PATCH_BUCKETS
       length=64,  # data.source=random only: sequence length
       num_workers=0,  # grain worker processes (0 = in the main process)
+      read_threads=1,  # threads computing batches (per process)
   ))
 
   c.batch_size = 128  # global, per optimizer step
@@ -75,14 +78,16 @@ def demo(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.data.min_pixels = 56 * 56
   c.data.max_pixels = 112 * 112
   c.data.max_length = 256
+  c.data.length_buckets = (64, 96, 128, 160, 192, 256)  # tight buckets: little padding, a few compilations
   c.loss.chunk_size = 128
   c.batch_size = 16
+  c.total_steps = 80
   c.optim.lr = 2e-3
   c.optim.group_lr.vision = -1.0
   c.optim.warmup_frac = 0.05
-  c.checkpoint.every_steps = 50
+  c.checkpoint.every_steps = 40
   c.checkpoint.keep = 2
-  c.eval.every_steps = 50
+  c.eval.every_steps = 40
   c.eval.num_batches = 4
   c.log_every_steps = 10
   return c

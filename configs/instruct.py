@@ -24,7 +24,6 @@ def get_config(arg: str | None = None):
   c = common.base("instruct")
   if arg == "demo":
     c = common.demo(c)
-    c.total_steps = 150
   elif arg:
     raise ValueError(f"unknown variant {arg!r} of configs/instruct.py; use :demo or nothing")
   return c

@@ -11,6 +11,7 @@ Everything the trainer needs from an input is:
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Sequence
 
 import jax
@@ -145,6 +146,9 @@ def global_shape(batch: dict[str, np.ndarray], grad_accum: int = 1) -> dict[str,
 
 # ------------------------------------------------------------------------------------ config -> inputs
 
+ARRAY_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "loss_mask")
+
+
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
   """What the config's data block resolves to (paths made concrete, demo assets built when asked)."""
@@ -158,40 +162,125 @@ def resolve_data(config) -> DataSpec:
   d = config.data
   if d.source == "random":
     return DataSpec("random", d.get("tokenizer_dir") or None)
-  raise ValueError(f"unknown data.source {d.source!r}; use random or pipeline")
+  if d.source != "pipeline":
+    raise ValueError(f"unknown data.source {d.source!r}; use pipeline or random")
+  if d.get("demo", False):
+    from tinyrs_jax.data.demo_tokenizer import ensure_demo_assets
+    data_dir, tok = ensure_demo_assets(None, int(d.get("demo_examples", 2000)), 0)
+    stage = config.stage
+    return DataSpec("pipeline", d.get("tokenizer_dir") or tok, d.get("train") or os.path.join(data_dir, stage, "train.jsonl"),
+                    d.get("val") or os.path.join(data_dir, stage, "val.jsonl"))
+  if not d.get("train"):
+    raise ValueError("set --config.data.train=<a JSON/JSONL conversations file> (or data.demo=True)")
+  return DataSpec("pipeline", d.get("tokenizer_dir") or None, d.train, d.get("val") or None)
+
+
+def arrays(batch: dict) -> dict[str, np.ndarray]:
+  """The model's arrays of a pipeline batch (drops per-row metadata)."""
+  return {k: batch[k] for k in ARRAY_KEYS if k in batch}
+
+
+def _reader_spec(config, path: str) -> tuple:
+  d = config.data
+  options = {}
+  if d.get("image_root"):
+    options["image_root"] = d.image_root
+  return (d.get("format", "llava"), path, options)
+
+
+def _processor(config, tokenizer_dir: str | None):
+  from tinyrs_jax.data.processor import Processor
+  if not tokenizer_dir:
+    raise ValueError("no tokenizer folder: set --config.data.tokenizer_dir (or init.hf_dir with tokenizer files)")
+  d = config.data
+  return Processor.from_folder(tokenizer_dir, min_pixels=int(d.min_pixels), max_pixels=int(d.max_pixels))
+
+
+def _buckets(d, name, default):
+  v = d.get(name, None)
+  return tuple(int(x) for x in v) if v else tuple(default)
+
+
+def _pipeline_kwargs(config) -> dict:
+  from tinyrs_jax.models import batch as batch_lib
+  d = config.data
+  return dict(length_buckets=_buckets(d, "length_buckets", batch_lib.DEFAULT_LENGTH_BUCKETS),
+              patch_buckets=_buckets(d, "patch_buckets", batch_lib.DEFAULT_PATCH_BUCKETS),
+              max_length=int(d.max_length), worker_count=int(d.get("num_workers", 0)),
+              read_threads=int(d.get("read_threads", 1)))
 
 
 def make_iterator(config, spec: DataSpec, split: str, model_cfg: Qwen2VLConfig, *, batch_size: int,
-                  process_index: int = 0, process_count: int = 1):
-  """This process's iterator over global batches of `batch_size` rows (its slice of each)."""
+                  tokenizer_dir: str | None = None, process_index: int = 0, process_count: int = 1):
+  """This process's training iterator over global batches of `batch_size` rows (its slice of each).
+
+  It runs for ever (epochs reshuffled by the seed); the trainer decides the number of steps (total_steps).
+  """
   d = config.data
   if spec.source == "random":
     seed = int(config.seed) + (0 if split == "train" else 7919)
     return RandomBatches(model_cfg, batch_size=batch_size, length=int(d.length), seed=seed,
                          grid=tuple(d.get("grid", (1, 4, 4))), process_index=process_index,
                          process_count=process_count)
-  raise ValueError(f"unknown data.source {spec.source!r}")
+  from tinyrs_jax.data import pipeline
+  path = spec.train_path if split == "train" else spec.val_path
+  return pipeline.make_dataset(_reader_spec(config, path), _processor(config, tokenizer_dir or spec.tokenizer_dir),
+                               global_batch_size=batch_size, seed=int(config.seed), mode="sft", num_epochs=None,
+                               shuffle=True, process_index=process_index, process_count=process_count,
+                               bad_rows="resample", **_pipeline_kwargs(config))
 
 
-def total_steps(config, spec: DataSpec, global_batch: int) -> int:
+def total_steps(config, spec: DataSpec, global_batch: int, train_it=None) -> int:
+  """config.total_steps when > 0, else num_epochs over the training records (whole optimizer steps)."""
   if int(config.get("total_steps", -1)) > 0:
     return int(config.total_steps)
-  raise ValueError("set config.total_steps (data.source=random has no epochs)")
+  if spec.source == "random":
+    raise ValueError("set config.total_steps (data.source=random has no epochs)")
+  num_records = len(train_it._pipeline.records)  # records that passed the reader
+  steps = int(float(config.num_epochs) * num_records // global_batch)
+  if steps < 1:
+    raise ValueError(f"{num_records} records x {config.num_epochs} epochs give no full batch of {global_batch}")
+  return steps
 
 
 def has_eval(config, spec: DataSpec) -> bool:
-  return int(config.eval.get("num_batches", 0)) != 0
+  if int(config.eval.get("num_batches", 0)) == 0:
+    return False
+  return spec.source == "random" or bool(spec.val_path)
 
 
-def eval_batches(config, spec: DataSpec, model_cfg: Qwen2VLConfig, *, process_index: int = 0,
-                 process_count: int = 1):
-  """The same evaluation batches every time (a fresh iterator over the validation split)."""
-  e = config.eval
-  bs = int(e.get("batch_size", 0) or config.batch_size // int(config.get("grad_accum_steps", 1)))
-  it = make_iterator(config, spec, "val", model_cfg, batch_size=bs, process_index=process_index,
-                     process_count=process_count)
-  n = int(e.get("num_batches", 0))
-  for i, b in enumerate(it):
-    if 0 <= n <= i:
-      return
-    yield b
+class EvalData:
+  """The validation batches, identical at every evaluation (records read once, no shuffling, padded rows)."""
+
+  def __init__(self, config, spec: DataSpec, model_cfg: Qwen2VLConfig, *, tokenizer_dir: str | None = None,
+               process_index: int = 0, process_count: int = 1):
+    e = config.eval
+    self.config, self.spec, self.model_cfg = config, spec, model_cfg
+    self.batch_size = int(e.get("batch_size", 0) or config.batch_size // int(config.get("grad_accum_steps", 1)))
+    self.num_batches = int(e.get("num_batches", -1))
+    self.pi, self.pc = process_index, process_count
+    self.records = self.processor = None
+    if spec.source == "pipeline":
+      from tinyrs_jax.data import pipeline
+      from tinyrs_jax.data.records import SkipCounter
+      self.records = pipeline.load_source(_reader_spec(config, spec.val_path), SkipCounter(name="eval"))
+      self.processor = _processor(config, tokenizer_dir or spec.tokenizer_dir)
+
+  def __iter__(self):
+    if self.spec.source == "random":
+      it = make_iterator(self.config, self.spec, "val", self.model_cfg, batch_size=self.batch_size,
+                         process_index=self.pi, process_count=self.pc)
+      if self.num_batches < 0:
+        raise ValueError("data.source=random: set eval.num_batches >= 0")
+    else:
+      from tinyrs_jax.data import pipeline
+      it = pipeline.make_dataset(self.records, self.processor, global_batch_size=self.batch_size, seed=0,
+                                 mode="sft", num_epochs=1, shuffle=False, process_index=self.pi,
+                                 process_count=self.pc, bad_rows="pad", drop_remainder=False,
+                                 **_pipeline_kwargs(self.config))
+    for i, b in enumerate(it):
+      if 0 <= self.num_batches <= i:
+        break
+      yield arrays(b)
+    if hasattr(it, "close"):
+      it.close()

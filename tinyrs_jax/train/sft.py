@@ -66,9 +66,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     raise ValueError(f"microbatch {micro} (batch_size / grad_accum_steps) must be divisible by the data axes "
                      f"({data_axes} = data x fsdp) and by the process count ({pc})")
 
-  train_it = input_lib.make_iterator(config, data, "train", source.cfg, batch_size=micro, process_index=pi,
-                                     process_count=pc)
-  total_steps = input_lib.total_steps(config, data, micro * grad_accum)
+  train_it = input_lib.make_iterator(config, data, "train", source.cfg, batch_size=micro,
+                                     tokenizer_dir=source.tokenizer_dir, process_index=pi, process_count=pc)
+  total_steps = input_lib.total_steps(config, data, micro * grad_accum, train_it)
   opt = optim_lib.make_optimizer(config.optim, model.abstract_params, total_steps)
   shardings = state_lib.state_shardings(model, opt, mesh)
   ckpt = runner.Checkpointer(workdir, every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep,
@@ -88,18 +88,19 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                    donate=False, out_shardings=state_lib.replicated(mesh), name="eval_step",
                                    log=logging.info)
   eval_every = int(config.eval.get("every_steps", 0))
-  eval_batches = lambda: input_lib.eval_batches(config, data, source.cfg, process_index=pi, process_count=pc)
+  eval_data = (input_lib.EvalData(config, data, source.cfg, tokenizer_dir=source.tokenizer_dir, process_index=pi,
+                                  process_count=pc) if input_lib.has_eval(config, data) else None)
 
   def run_eval(step):
     t0 = time.time()
-    r = evaluate(eval_fn, state.params, eval_batches(), mesh)
+    r = evaluate(eval_fn, state.params, eval_data, mesh)
     writer.write(step, r)
     logging.info("eval step %d: eval_loss %.4f over %d tokens (%d batches, %.1fs)", step, r["eval_loss"],
                  r["eval_tokens"], r["eval_batches"], time.time() - t0)
     return r
 
   first_eval = last_eval = None
-  if start == 0 and config.eval.get("at_start", True) and eval_every >= 0 and input_lib.has_eval(config, data):
+  if start == 0 and config.eval.get("at_start", True) and eval_every >= 0 and eval_data is not None:
     first_eval = last_eval = run_eval(0)
 
   trainable = {g: any(m for l, m in zip(jax.tree.leaves(optim_lib.group_labels(model.abstract_params)),
@@ -132,7 +133,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   last_eval_step = 0 if first_eval is not None else -1
   step = start
   while step < total_steps:
-    parts = [next(train_it) for _ in range(grad_accum)]
+    parts = [input_lib.arrays(next(train_it)) for _ in range(grad_accum)]
     host_batch = parts[0] if grad_accum == 1 else input_lib.stack_microbatches(parts)
     host = {"tokens": float(sum(p["attention_mask"].sum() for p in parts)) * pc,
             "flops": sum(metrics_lib.batch_model_flops(source.cfg, p, train_vision=trainable["vision"],
@@ -162,10 +163,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
       break
   if pending is not None:
     finish(pending)
-  if not preempted and eval_every >= 0 and last_eval_step != step and input_lib.has_eval(config, data):
+  if not preempted and eval_every >= 0 and last_eval_step != step and eval_data is not None:
     last_eval = run_eval(step)
   ckpt.save(state, train_it.get_state(), force=True)
   ckpt.close()
+  if hasattr(train_it, "close"):
+    train_it.close()
   preempt.restore_handler()
   if not preempted and config.get("export_hf_dir", ""):
     runner.export_hf(model, state.params, config.export_hf_dir, dtype=config.get("export_dtype", "") or None,

@@ -1,0 +1,189 @@
+"""The train step in process: sharded meshes equal one device, freezing, accumulation, clipping, groups, compiles."""
+import re
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from tinyrs_jax import sharding as sharding_lib
+from tinyrs_jax.models import get_preset
+from tinyrs_jax.train import input as input_lib
+from tinyrs_jax.train import losses
+from tinyrs_jax.train import optimizer as optim_lib
+from tinyrs_jax.train import state as state_lib
+
+CFG = get_preset("tiny")
+B, L, STEPS = 8, 32, 3
+# Adam turns rounding noise in gradients that are ~0 (e.g. the key bias, which softmax ignores) into steps of
+# size ~lr; parameters agree to a small fraction of the 3 x lr = 3e-2 they move, losses to 1e-5.
+ATOL_PARAMS = 2e-4
+
+
+def optim_config(**kw):
+  c = ml_collections.ConfigDict(dict(
+      name="adamw", lr=1e-2, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.1, max_grad_norm=1.0,
+      schedule="cosine", warmup_frac=0.0, warmup_steps=-1, end_lr_frac=0.0, mu_dtype="",
+      group_lr=ml_collections.ConfigDict(dict(vision=1e-3, merger=-1.0, llm=-1.0)), freeze=""))
+  for k, v in kw.items():
+    setattr(c, k, v) if not isinstance(v, dict) else c[k].update(v)
+  return c
+
+
+def batches(n=STEPS, seed=0, batch_size=B):
+  return [input_lib.random_batch(CFG, batch_size=batch_size, length=L, seed=seed + i) for i in range(n)]
+
+
+def loss_fn(chunk=8):
+  return lambda m, b, r: losses.next_token_ce(m, b, r, chunk_size=chunk)
+
+
+def run(mesh, host_batches, *, optim=None, grad_accum=1, dtype="float32", remat="none", seed=0, chunk=8):
+  """Steps on `mesh`; returns (metrics per step, final params on host, the CompiledStep, the state)."""
+  model = state_lib.make_model(CFG, dtype=dtype, remat_policy=remat)
+  opt = optim_lib.make_optimizer(optim or optim_config(), model.abstract_params, total_steps=10)
+  sh = state_lib.state_shardings(model, opt, mesh)
+  state = state_lib.init_state(model, opt, sh, seed)
+  step = state_lib.CompiledStep(state_lib.make_train_step(model, opt, loss_fn(chunk), grad_accum=grad_accum),
+                                mesh, sh, donate=True, grad_accum=grad_accum)
+  out = []
+  for hb in host_batches:
+    gb = input_lib.to_global(hb, state_lib.batch_shardings(mesh, hb, grad_accum))
+    state, m = step(state, gb)
+    out.append({k: float(v) for k, v in jax.device_get(m).items()})
+  return out, jax.device_get(state.params), step, state
+
+
+def one_device_mesh():
+  return sharding_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+
+
+@pytest.fixture(scope="module")
+def baseline():
+  """Three steps on one device (the reference for everything else), and the initial parameters."""
+  hb = batches()
+  _, initial, _, _ = run(one_device_mesh(), [])
+  metrics, params, step, _ = run(one_device_mesh(), hb)
+  return {"batches": hb, "metrics": metrics, "params": params, "initial": initial, "step": step}
+
+
+def test_eight_fake_devices():
+  assert jax.device_count() == 8, "conftest sets --xla_force_host_platform_device_count=8"
+
+
+def test_loss_decreases_and_one_compile(baseline):
+  losses_ = [m["loss"] for m in baseline["metrics"]]
+  assert losses_[-1] < losses_[0]
+  assert baseline["step"].num_compiles == 1  # same shapes every step: compiled once, never again
+
+
+@pytest.mark.parametrize("shape", [(8, 1, 1), (2, 4, 1), (2, 2, 2)])
+def test_meshes_equal_one_device(baseline, shape):
+  mesh = sharding_lib.make_mesh(*shape)
+  metrics, params, _, state = run(mesh, baseline["batches"])
+  for got, ref in zip(metrics, baseline["metrics"]):
+    assert abs(got["loss"] - ref["loss"]) <= 1e-5 * abs(ref["loss"]), (got["loss"], ref["loss"])
+    assert abs(got["grad_norm"] - ref["grad_norm"]) <= 1e-4 * abs(ref["grad_norm"])
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(baseline["params"])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=ATOL_PARAMS)
+  # Parameters and optimizer moments really are sharded when an axis is > 1.
+  emb = state.params["embed_tokens"].sharding.spec
+  if shape[1] > 1:
+    assert "fsdp" in str(emb), emb
+  if shape[2] > 1:
+    assert "tensor" in str(emb), emb
+  mu = [x for x in jax.tree.leaves(state.opt_state) if x.shape == state.params["embed_tokens"].shape]
+  assert mu and all(x.sharding.spec == state.params["embed_tokens"].sharding.spec for x in mu)
+
+
+def test_freezing_keeps_params_bit_identical(baseline):
+  opt = optim_config(freeze="vision,merger")
+  _, params, _, state = run(one_device_mesh(), baseline["batches"], optim=opt)
+  init = baseline["initial"]
+  changed = optim_lib.map_with_path(lambda p, x: p, params)
+  for path, new, old in zip(jax.tree.leaves(changed, is_leaf=lambda x: isinstance(x, tuple)),
+                            jax.tree.leaves(params), jax.tree.leaves(init)):
+    if path[0] == "visual":
+      assert np.array_equal(new, old) and new.dtype == old.dtype, path  # bit-identical
+    elif path[-1] in ("kernel",) or path == ("embed_tokens",):
+      assert not np.array_equal(new, old), path  # trained
+  # The optimizer holds no state for frozen parameters.
+  mu_shapes = {x.shape for x in jax.tree.leaves(state.opt_state)}
+  assert init["visual"]["patch_embed"].shape not in mu_shapes
+
+
+def test_all_frozen_is_an_error():
+  model = state_lib.make_model(CFG)
+  with pytest.raises(ValueError, match="freezes every"):
+    optim_lib.make_optimizer(optim_config(freeze="vision,merger,llm"), model.abstract_params, 10)
+  with pytest.raises(ValueError, match="unknown parameter group"):
+    optim_lib.make_optimizer(optim_config(freeze="visoin"), model.abstract_params, 10)
+
+
+def test_param_groups():
+  model = state_lib.make_model(CFG)
+  labels = optim_lib.group_labels(model.abstract_params)
+  assert labels["visual"]["merger"]["fc1"]["kernel"] == "merger"
+  assert labels["visual"]["blocks"]["qkv"]["kernel"] == "vision"
+  assert labels["visual"]["patch_embed"] == "vision"
+  assert labels["embed_tokens"] == "llm" and labels["decoder"]["layers"]["q_proj"]["kernel"] == "llm"
+  lrs = optim_lib.group_lrs(optim_config())
+  assert lrs == {"vision": 1e-3, "merger": 1e-2, "llm": 1e-2}
+
+
+def test_per_group_learning_rates(baseline):
+  """SGD with lr 0 for vision: the vision tower does not move, the merger and LLM do; lrs are logged."""
+  opt = optim_config(name="sgd", max_grad_norm=0.0, group_lr={"vision": 0.0, "merger": 0.5, "llm": 0.1})
+  metrics, params, _, _ = run(one_device_mesh(), baseline["batches"][:1], optim=opt)
+  init = baseline["initial"]
+  assert metrics[0]["lr/vision"] == 0.0 and metrics[0]["lr/merger"] == 0.5
+  assert metrics[0]["lr/llm"] == pytest.approx(0.1)
+  assert np.array_equal(params["visual"]["blocks"]["qkv"]["kernel"], init["visual"]["blocks"]["qkv"]["kernel"])
+  assert not np.array_equal(params["visual"]["merger"]["fc2"]["kernel"], init["visual"]["merger"]["fc2"]["kernel"])
+
+
+def test_grad_clipping(baseline):
+  """SGD lr 1 with max_grad_norm 1e-3: the whole update has norm 1e-3 (the raw gradient norm is larger)."""
+  opt = optim_config(name="sgd", lr=1.0, max_grad_norm=1e-3, group_lr={"vision": -1.0})
+  metrics, params, _, _ = run(one_device_mesh(), baseline["batches"][:1], optim=opt)
+  init = baseline["initial"]
+  delta = np.sqrt(sum(np.sum((np.asarray(a, np.float64) - b) ** 2)
+                      for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(init))))
+  assert metrics[0]["grad_norm"] > 1e-2
+  np.testing.assert_allclose(delta, 1e-3, rtol=1e-3)
+
+
+def test_grad_accumulation_equals_big_batch(baseline):
+  """Two microbatches of 4 rows accumulated == one batch of the same 8 rows (token-weighted mean)."""
+  hb = baseline["batches"]
+  halves = [input_lib.stack_microbatches([input_lib.slice_rows(b, 0, 2), input_lib.slice_rows(b, 1, 2)])
+            for b in hb]
+  metrics, params, _, _ = run(one_device_mesh(), halves, grad_accum=2)
+  for got, ref in zip(metrics, baseline["metrics"]):
+    assert abs(got["loss"] - ref["loss"]) <= 1e-5 * abs(ref["loss"])
+    assert got["weight"] == ref["weight"]
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(baseline["params"])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=ATOL_PARAMS)
+
+
+def test_bf16_compute_keeps_fp32_master_weights_and_remat(baseline):
+  metrics, params, _, _ = run(one_device_mesh(), baseline["batches"][:2], dtype="bfloat16", remat="full")
+  assert all(x.dtype == np.float32 for x in jax.tree.leaves(params))
+  ref = baseline["metrics"]
+  for got, r in zip(metrics, ref):
+    assert abs(got["loss"] - r["loss"]) < 0.05 * r["loss"]  # bf16 matmuls: close, not equal
+
+
+def test_step_never_builds_full_logits():
+  """The compiled step holds logits for a chunk of positions, never batch x length x vocab."""
+  mesh = one_device_mesh()
+  model = state_lib.make_model(CFG)
+  opt = optim_lib.make_optimizer(optim_config(), model.abstract_params, 10)
+  sh = state_lib.state_shardings(model, opt, mesh)
+  hb = batches(1)[0]
+  step = state_lib.CompiledStep(state_lib.make_train_step(model, opt, loss_fn(chunk=8)), mesh, sh, donate=True)
+  text = step.compiled(state_lib.abstract_state(model, opt, sh), hb).as_text()
+  v = CFG.text.vocab_size
+  assert re.search(rf"f32\[{B},8,{v}\]", text), "expected (B, chunk, vocab) logits"
+  assert not re.search(rf"\[{B},{L},{v}\]", text) and not re.search(rf"\[{B * L},{v}\]", text)
