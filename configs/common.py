@@ -65,6 +65,7 @@ def base(stage: str) -> ml_collections.ConfigDict:
   c.distributed = ml_collections.ConfigDict(dict(
       mode="auto", coordinator_address="", num_processes=-1, process_id=-1, initialization_timeout=300))
   c.debug_kill_at_step = -1  # tests: SIGKILL the process after this step
+  c.debug_sigterm_at_step = -1  # tests: send SIGTERM (a preemption notice) to the process after this step
   return c
 
 

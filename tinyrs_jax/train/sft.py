@@ -10,6 +10,7 @@ evaluation every M steps and at the start, a SIGTERM saves and stops, a restart 
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 import jax
@@ -147,6 +148,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if ckpt.due(step) and step < total_steps:
       ckpt.save(state, train_it.get_state())
     eval_due = eval_every > 0 and step % eval_every == 0 and step < total_steps
+    if step == int(config.get("debug_sigterm_at_step", -1)):
+      os.kill(os.getpid(), signal.SIGTERM)  # test hook: a preemption notice at a known step
     stop = preempt.requested(step)
     if eval_due or stop or step == kill_at:
       finish(pending)
