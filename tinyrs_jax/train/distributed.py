@@ -2,7 +2,7 @@
 
 config.distributed.mode:
   "auto"      explicit flags when a coordinator address is set; else SLURM when SLURM_NTASKS > 1; else a
-              TPU pod when the TPU runtime says there are several workers; else a single process
+              Cloud TPU VM (pod slice or single host); else a single process
   "none"      single process, never initialise
   "explicit"  coordinator_address, num_processes, process_id from the config (e.g. --config.distributed.*)
   "slurm"     from SLURM_* variables (jax's own cluster detection)
@@ -27,9 +27,11 @@ def _slurm_tasks() -> int:
     return 1
 
 
-def _tpu_workers() -> int:
-  hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
-  return len([h for h in hosts.split(",") if h]) if hosts else 1
+def _on_tpu_vm() -> bool:
+  """A Cloud TPU VM (a pod slice's host or a single host): TPU runtime variables or TPU device files."""
+  if any(os.environ.get(k) for k in ("TPU_WORKER_HOSTNAMES", "TPU_NAME", "CLOUD_TPU_TASK_ID", "TPU_ACCELERATOR_TYPE")):
+    return True
+  return os.path.exists("/dev/accel0") or os.path.exists("/dev/vfio/0")
 
 
 def detect_mode(dcfg) -> str:
@@ -40,8 +42,8 @@ def detect_mode(dcfg) -> str:
     return "explicit"
   if _slurm_tasks() > 1:
     return "slurm"
-  if _tpu_workers() > 1:
-    return "tpu"
+  if _on_tpu_vm():
+    return "tpu"  # jax reads the slice's hosts from the TPU metadata (a single host is a cluster of one)
   return "none"
 
 

@@ -11,12 +11,14 @@ divided by the total weight.
 log p(target) at the positions a mask selects, never building batch x length x vocab logits. Selected
 positions are first moved to the front of each row (a stable per-row sort), then processed in chunks of
 `chunk_size` positions per row with `lax.scan`; a chunk holding no selected position is skipped with
-`lax.cond`, and each chunk is rematerialised in the backward pass. Peak memory for logits is
+`lax.cond`; a custom VJP recomputes each chunk's logits in the backward pass (one 2-D matmul for the logits,
+two for the gradients, nothing of vocabulary size stored between the passes). Peak memory for logits is
 batch x chunk_size x vocab, work is proportional to the number of selected positions (rounded up to a
 chunk). SFT uses it for next-token cross-entropy; GRPO can use it for per-token log-probs of sampled tokens.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -53,19 +55,64 @@ def loss_names() -> list[str]:
 
 # ------------------------------------------------------------------------------------------- log-probs
 
-def _target_logprob(h, w, targets, dtype):
-  """h (B, C, D), w (D, V), targets (B, C) -> log softmax(h @ w)[target] in fp32, (B, C)."""
-  logits = jnp.dot(h.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
-  lse = jax.nn.logsumexp(logits, axis=-1)
-  picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-  return picked - lse
+def _chunk_logits(h, w, dtype):
+  """h (B, C, D) @ w (D, V) -> fp32 logits (B*C, V), as one 2-D matmul (the fast path of every backend)."""
+  return jnp.dot(h.reshape(-1, h.shape[-1]).astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def _chunk_logprob(h, w, t, dtype):
+  logits = _chunk_logits(h, w, dtype)
+  picked = jnp.take_along_axis(logits, t.reshape(-1, 1), axis=-1)[:, 0]
+  return (picked - jax.nn.logsumexp(logits, axis=-1)).reshape(t.shape)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _chunks_logprob(hs, w, ts, ms, dtype):
+  """hs (n, B, c, D), ts and ms (n, B, c) -> log p(ts) (n, B, c), 0 where not ms; chunks without any ms skipped."""
+  def body(_, xs):
+    h, t, m = xs
+    lp = jax.lax.cond(jnp.any(m), lambda: _chunk_logprob(h, w, t, dtype), lambda: jnp.zeros(t.shape, jnp.float32))
+    return None, jnp.where(m, lp, 0.0)
+  return jax.lax.scan(body, None, (hs, ts, ms))[1]
+
+
+def _chunks_fwd(hs, w, ts, ms, dtype):
+  return _chunks_logprob(hs, w, ts, ms, dtype), (hs, w, ts, ms)
+
+
+def _chunks_bwd(dtype, res, g):
+  """Recomputes each chunk's logits: d logp(t)/d logits = onehot(t) - softmax, times the incoming g."""
+  hs, w, ts, ms = res
+
+  def body(dw, xs):
+    h, t, m, gc = xs
+
+    def grads(dw):
+      logits = _chunk_logits(h, w, dtype)
+      gm = jnp.where(m, gc, 0.0).reshape(-1, 1)
+      dlogits = -jax.nn.softmax(logits, axis=-1) * gm
+      dlogits = dlogits.at[jnp.arange(dlogits.shape[0]), t.reshape(-1)].add(gm[:, 0])
+      dl = dlogits.astype(dtype)
+      h2 = h.reshape(-1, h.shape[-1]).astype(dtype)
+      dh = jnp.dot(dl, w.astype(dtype).T, preferred_element_type=jnp.float32)
+      dw = dw + jnp.dot(h2.T, dl, preferred_element_type=jnp.float32)
+      return dw, dh.reshape(h.shape).astype(h.dtype)
+
+    return jax.lax.cond(jnp.any(m), grads, lambda dw: (dw, jnp.zeros_like(h)), dw)
+
+  dw, dhs = jax.lax.scan(body, jnp.zeros(w.shape, jnp.float32), (hs, ts, ms, g))
+  return dhs, dw.astype(w.dtype), None, None
+
+
+_chunks_logprob.defvjp(_chunks_fwd, _chunks_bwd)
 
 
 def chunked_logprobs(hidden: jax.Array, head: jax.Array, targets: jax.Array, mask: jax.Array, *,
                      chunk_size: int = 256, dtype=None) -> jax.Array:
   """log p(targets) under softmax(hidden @ head) where mask is set, 0 elsewhere; (B, L) fp32.
 
-  hidden (B, L, D), head (D, V), targets (B, L) int, mask (B, L). Differentiable in hidden and head.
+  hidden (B, L, D), head (D, V), targets (B, L) int, mask (B, L). Differentiable in hidden and head (a custom
+  VJP recomputes each chunk's logits in the backward pass: nothing of size vocab is kept between passes).
   """
   b, l, d = hidden.shape
   dtype = dtype or hidden.dtype
@@ -82,14 +129,7 @@ def chunked_logprobs(hidden: jax.Array, head: jax.Array, targets: jax.Array, mas
     ts = jnp.pad(ts, ((0, 0), (0, pad)))
     ms = jnp.pad(ms, ((0, 0), (0, pad)))
   chunks = lambda x: jnp.moveaxis(x.reshape((b, n, c) + x.shape[2:]), 1, 0)  # (n, B, c, ...)
-  one = jax.checkpoint(lambda h, t: _target_logprob(h, head, t, dtype))
-
-  def body(_, xs):
-    h, t, m = xs
-    lp = jax.lax.cond(jnp.any(m), one, lambda h, t: jnp.zeros(t.shape, jnp.float32), h, t)
-    return None, jnp.where(m, lp, 0.0)
-
-  _, lps = jax.lax.scan(body, None, (chunks(hs), chunks(ts), chunks(ms)))
+  lps = _chunks_logprob(chunks(hs), head, chunks(ts), chunks(ms), jnp.dtype(dtype))
   lps = jnp.moveaxis(lps, 0, 1).reshape(b, n * c)[:, :l]
   inverse = jnp.argsort(order, axis=1)
   return jnp.take_along_axis(lps, inverse, axis=1)

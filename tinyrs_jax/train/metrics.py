@@ -30,6 +30,7 @@ class MetricsWriter:
   def __init__(self, workdir: str, *, enabled: bool | None = None, tensorboard: bool = True):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self.path = os.path.join(workdir, METRICS_FILE)
+    self._file = None
     self._tb = None
     self._tb_dir = os.path.join(workdir, "tensorboard") if tensorboard else None
     if self.enabled:
@@ -39,8 +40,16 @@ class MetricsWriter:
     """Drops lines with step > `step` (a resumed run re-logs them)."""
     if not self.enabled or not os.path.exists(self.path):
       return
+    self.close()
+    keep = []
     with open(self.path) as f:
-      keep = [l for l in f if l.strip() and json.loads(l).get("step", 0) <= step]
+      for line in f:
+        try:
+          row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a crash
+          continue
+        if row.get("step", 0) <= step:
+          keep.append(json.dumps(row) + "\n")
     tmp = self.path + ".tmp"
     with open(tmp, "w") as f:
       f.writelines(keep)
@@ -57,8 +66,9 @@ class MetricsWriter:
     if not self.enabled:
       return
     row = {"step": int(step), **{k: _scalar(v) for k, v in scalars.items()}}
-    with open(self.path, "a") as f:
-      f.write(json.dumps(row) + "\n")
+    if self._file is None:
+      self._file = open(self.path, "a")
+    self._file.write(json.dumps(row) + "\n")  # flushed by flush() (log lines, evals, the end)
     tb = self._writer()
     if tb is not None:
       for k, v in row.items():
@@ -66,10 +76,15 @@ class MetricsWriter:
           tb.add_scalar(k, v, int(step))
 
   def flush(self) -> None:
+    if self._file is not None:
+      self._file.flush()
     if self._tb is not None:
       self._tb.flush()
 
   def close(self) -> None:
+    if self._file is not None:
+      self._file.close()
+      self._file = None
     if self._tb is not None:
       self._tb.close()
       self._tb = None

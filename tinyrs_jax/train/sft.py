@@ -96,6 +96,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     t0 = time.time()
     r = evaluate(eval_fn, state.params, eval_data, mesh)
     writer.write(step, r)
+    writer.flush()
     logging.info("eval step %d: eval_loss %.4f over %d tokens (%d batches, %.1fs)", step, r["eval_loss"],
                  r["eval_tokens"], r["eval_batches"], time.time() - t0)
     return r
@@ -127,6 +128,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if step % log_every == 0 or step == total_steps:
       eta = None if dt is None else dt * (total_steps - step)
       logging.info(metrics_lib.progress_line(step, total_steps, m, eta))
+      writer.flush()
 
   logging.info("training %s from step %d to %d: batch %d (%d x %d microbatches), %d processes", config.get("stage"),
                start, total_steps, config.batch_size, grad_accum, micro, pc)
@@ -147,6 +149,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     pending = (step, dev_metrics, host)
     if ckpt.due(step) and step < total_steps:
       ckpt.save(state, train_it.get_state())
+      writer.flush()
     eval_due = eval_every > 0 and step % eval_every == 0 and step < total_steps
     if step == int(config.get("debug_sigterm_at_step", -1)):
       os.kill(os.getpid(), signal.SIGTERM)  # test hook: a preemption notice at a known step
@@ -159,6 +162,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       last_eval_step = step
       timer.reset()
     if step == kill_at:
+      writer.flush()
       runner.debug_kill(step, ckpt)
     if stop:
       logging.warning("preemption requested: saving step %d and stopping", step)

@@ -1,0 +1,113 @@
+"""One SFT train step: ours vs transformers + torch AdamW, same weights and batch, one process.
+
+  python benchmarks/train_step.py [--preset=bench_30m --batch=4 --image_size=224 --text_tokens=96
+                                   --answer_tokens=48 --iters=5]
+
+Both sides do the same work per step: forward, next-token cross-entropy on the answer tokens, backward,
+gradient clipping to norm 1.0, AdamW (lr 1e-5, weight decay 0.1) on every parameter, fp32 on this CPU.
+Ours is the trainer's step (tinyrs_jax.train.state.make_train_step: donated, compiled once; chunked loss at
+supervised positions only); theirs is Qwen2VLForConditionalGeneration(labels=...) + torch.optim.AdamW.
+Prints tokens/s of each (all batch positions), the ratio, and the first-step losses (they must agree).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.common import our_and_hf_models, prompt_batch, setup_threads, time_fn  # noqa: E402
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--preset", default="bench_30m")
+  p.add_argument("--batch", type=int, default=4)
+  p.add_argument("--image_size", type=int, default=224)
+  p.add_argument("--text_tokens", type=int, default=96)
+  p.add_argument("--answer_tokens", type=int, default=48)
+  p.add_argument("--iters", type=int, default=5)
+  p.add_argument("--chunk_size", type=int, default=64)
+  p.add_argument("--remat", default="none", help="our remat policy: none, full, dots, dots_no_batch")
+  args = p.parse_args()
+  setup_threads()
+  import jax
+  import ml_collections
+  import numpy as np
+  import torch
+  from flax import nnx
+
+  from tinyrs_jax import sharding as sharding_lib
+  from tinyrs_jax.models import batch as batch_lib
+  from tinyrs_jax.train import input as input_lib
+  from tinyrs_jax.train import losses
+  from tinyrs_jax.train import optimizer as optim_lib
+  from tinyrs_jax.train import state as state_lib
+
+  model, hf = our_and_hf_models(args.preset)
+  cfg = model.cfg
+  inp = prompt_batch(cfg, args.batch, args.image_size, args.text_tokens)
+  b, length = inp["input_ids"].shape
+  n_tokens = b * length
+  loss_mask = np.zeros((b, length), np.int32)
+  loss_mask[:, length - args.answer_tokens:] = 1
+
+  # ---- ours: the trainer's step on the static batch, weights taken from the same model.
+  static = batch_lib.pad_hf_inputs(inp["input_ids"], inp["attention_mask"], inp["pixel_values"],
+                                   inp["image_grid_thw"], length_buckets=(length,))
+  static.pop("length")
+  static["loss_mask"] = loss_mask
+  optim = ml_collections.ConfigDict(dict(name="adamw", lr=1e-5, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.1,
+                                         max_grad_norm=1.0, schedule="constant", warmup_steps=0, freeze=""))
+  smodel = state_lib.make_model(cfg, remat_policy=args.remat)
+  opt = optim_lib.make_optimizer(optim, smodel.abstract_params, total_steps=1000)
+  mesh = sharding_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+  sh = state_lib.state_shardings(smodel, opt, mesh)
+  params = jax.device_put(nnx.state(model, nnx.Param).to_pure_dict(), sh.params)
+  state = state_lib.state_from_params(params, opt, sh, seed=0)
+  loss_fn = lambda m, bt, r: losses.next_token_ce(m, bt, r, chunk_size=args.chunk_size)  # noqa: E731
+  step = state_lib.CompiledStep(state_lib.make_train_step(smodel, opt, loss_fn), mesh, sh, donate=True)
+  gb = input_lib.to_global(static, state_lib.batch_shardings(mesh, static))
+  holder = {"state": state}
+
+  def ours():
+    holder["state"], m = step(holder["state"], gb)
+    return jax.block_until_ready(m)
+
+  first_ours = float(ours()["loss"])
+  t_ours = time_fn(ours, warmup=1, iters=args.iters)
+
+  # ---- transformers + torch AdamW.
+  hf.train()
+  labels = np.where(loss_mask == 1, inp["input_ids"], -100)
+  tin = {k: torch.from_numpy(v) for k, v in inp.items()}
+  tin["labels"] = torch.from_numpy(labels)
+  decay = [p_ for n, p_ in hf.named_parameters() if not (n.endswith("bias") or "norm" in n or "ln_q" in n)]
+  no_decay = [p_ for n, p_ in hf.named_parameters() if n.endswith("bias") or "norm" in n or "ln_q" in n]
+  topt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                           lr=1e-5, betas=(0.9, 0.999), eps=1e-8)
+  first_hf = {}
+
+  def theirs():
+    hf.model.rope_deltas = None
+    out = hf(**tin)
+    out.loss.backward()
+    torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
+    topt.step()
+    topt.zero_grad(set_to_none=True)
+    first_hf.setdefault("loss", float(out.loss))
+
+  theirs()
+  t_hf = time_fn(theirs, warmup=1, iters=args.iters)
+
+  print(f"train step {args.preset} batch {args.batch}, {args.image_size}px image + {args.text_tokens} text tokens "
+        f"({length} tokens/row, loss on the last {args.answer_tokens}), fp32, our remat {args.remat}, torch threads "
+        f"{torch.get_num_threads()}, jax devices {jax.devices()[0].platform}")
+  print(f"  first-step loss: ours {first_ours:.6f}  transformers {first_hf['loss']:.6f}")
+  print(f"  transformers + torch AdamW  {n_tokens / t_hf:10.0f} tokens/s  ({t_hf * 1e3:.1f} ms/step)")
+  print(f"  ours (train_step)           {n_tokens / t_ours:10.0f} tokens/s  ({t_ours * 1e3:.1f} ms/step)  "
+        f"ratio {t_hf / t_ours:.2f}x")
+
+
+if __name__ == "__main__":
+  main()
