@@ -7,7 +7,8 @@ Both sides do the same work per step: forward, next-token cross-entropy on the a
 gradient clipping to norm 1.0, AdamW (lr 1e-5, weight decay 0.1) on every parameter, fp32 on this CPU.
 Ours is the trainer's step (tinyrs_jax.train.state.make_train_step: donated, compiled once; chunked loss at
 supervised positions only); theirs is Qwen2VLForConditionalGeneration(labels=...) + torch.optim.AdamW.
-Prints tokens/s of each (all batch positions), the ratio, and the first-step losses (they must agree).
+Prints tokens/s of each (all batch positions), the ratio, and the first-step losses (they must agree). Ours is
+timed under each remat policy of --remat (on XLA:CPU recomputing is often faster than stacking residuals).
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def main():
   p.add_argument("--answer_tokens", type=int, default=48)
   p.add_argument("--iters", type=int, default=5)
   p.add_argument("--chunk_size", type=int, default=64)
-  p.add_argument("--remat", default="none", help="our remat policy: none, full, dots, dots_no_batch")
+  p.add_argument("--remat", default="none,dots_no_batch",
+                 help="our remat policies to time, comma-separated (none, full, dots, dots_no_batch)")
   args = p.parse_args()
   setup_threads()
   import jax
@@ -59,23 +61,25 @@ def main():
   static["loss_mask"] = loss_mask
   optim = ml_collections.ConfigDict(dict(name="adamw", lr=1e-5, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.1,
                                          max_grad_norm=1.0, schedule="constant", warmup_steps=0, freeze=""))
-  smodel = state_lib.make_model(cfg, remat_policy=args.remat)
-  opt = optim_lib.make_optimizer(optim, smodel.abstract_params, total_steps=1000)
   mesh = sharding_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
-  sh = state_lib.state_shardings(smodel, opt, mesh)
-  params = jax.device_put(nnx.state(model, nnx.Param).to_pure_dict(), sh.params)
-  state = state_lib.state_from_params(params, opt, sh, seed=0)
   loss_fn = lambda m, bt, r: losses.next_token_ce(m, bt, r, chunk_size=args.chunk_size)  # noqa: E731
-  step = state_lib.CompiledStep(state_lib.make_train_step(smodel, opt, loss_fn), mesh, sh, donate=True)
-  gb = input_lib.to_global(static, state_lib.batch_shardings(mesh, static))
-  holder = {"state": state}
+  ours = {}
+  for remat in args.remat.split(","):
+    smodel = state_lib.make_model(cfg, remat_policy=remat)
+    opt = optim_lib.make_optimizer(optim, smodel.abstract_params, total_steps=1000)
+    sh = state_lib.state_shardings(smodel, opt, mesh)
+    params = jax.device_put(jax.tree.map(np.array, nnx.state(model, nnx.Param).to_pure_dict()), sh.params)
+    holder = {"state": state_lib.state_from_params(params, opt, sh, seed=0)}
+    step = state_lib.CompiledStep(state_lib.make_train_step(smodel, opt, loss_fn), mesh, sh, donate=True)
+    gb = input_lib.to_global(static, state_lib.batch_shardings(mesh, static))
 
-  def ours():
-    holder["state"], m = step(holder["state"], gb)
-    return jax.block_until_ready(m)
+    def run_ours():
+      holder["state"], m = step(holder["state"], gb)
+      return jax.block_until_ready(m)
 
-  first_ours = float(ours()["loss"])
-  t_ours = time_fn(ours, warmup=1, iters=args.iters)
+    first = float(run_ours()["loss"])
+    ours[remat] = (first, time_fn(run_ours, warmup=1, iters=args.iters))
+    del holder
 
   # ---- transformers + torch AdamW.
   hf.train()
@@ -101,12 +105,14 @@ def main():
   t_hf = time_fn(theirs, warmup=1, iters=args.iters)
 
   print(f"train step {args.preset} batch {args.batch}, {args.image_size}px image + {args.text_tokens} text tokens "
-        f"({length} tokens/row, loss on the last {args.answer_tokens}), fp32, our remat {args.remat}, torch threads "
+        f"({length} tokens/row, loss on the last {args.answer_tokens}), fp32, torch threads "
         f"{torch.get_num_threads()}, jax devices {jax.devices()[0].platform}")
-  print(f"  first-step loss: ours {first_ours:.6f}  transformers {first_hf['loss']:.6f}")
-  print(f"  transformers + torch AdamW  {n_tokens / t_hf:10.0f} tokens/s  ({t_hf * 1e3:.1f} ms/step)")
-  print(f"  ours (train_step)           {n_tokens / t_ours:10.0f} tokens/s  ({t_ours * 1e3:.1f} ms/step)  "
-        f"ratio {t_hf / t_ours:.2f}x")
+  print(f"  first-step loss: transformers {first_hf['loss']:.6f}, "
+        + ", ".join(f"ours (remat {r}) {v[0]:.6f}" for r, v in ours.items()))
+  print(f"  {'transformers + torch AdamW':38s} {n_tokens / t_hf:8.0f} tokens/s  ({t_hf * 1e3:.1f} ms/step)")
+  for r, (_, t) in ours.items():
+    print(f"  {'ours, train_step, remat ' + r:38s} {n_tokens / t:8.0f} tokens/s  ({t * 1e3:.1f} ms/step)  "
+          f"ratio {t_hf / t:.2f}x")
 
 
 if __name__ == "__main__":

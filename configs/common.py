@@ -70,11 +70,11 @@ def base(stage: str) -> ml_collections.ConfigDict:
 
 
 def demo(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The laptop-CPU variant: synthetic data, demo tokenizer, the demo_8m model, fp32, no remat."""
+  """The laptop-CPU variant: synthetic data, demo tokenizer, the demo_8m model, fp32 (remat stays "full": on
+  XLA:CPU recomputing a layer is faster than stacking its activations, 0.57 vs 0.70 s a step measured)."""
   c.init.allow_random = True
   c.model.preset = "demo_8m"
   c.model.dtype = "float32"
-  c.model.remat_policy = "none"
   c.data.demo = True
   c.data.min_pixels = 56 * 56
   c.data.max_pixels = 112 * 112

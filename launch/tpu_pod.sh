@@ -1,22 +1,22 @@
 #!/usr/bin/env bash
 # Runs a tinyrs_jax stage on every host of a Cloud TPU VM pod slice (the same command on all workers).
 #
-#   TPU_NAME=my-v5e-32 ZONE=us-west4-a ./launch/tpu_pod.sh configs/pretrain.py /mnt/shared/runs/pretrain \
-#       --config.init.hf_dir=/mnt/shared/Qwen2-VL-2B-Instruct --config.data.train=/mnt/shared/versad.jsonl \
-#       --config.mesh.fsdp=-1 ...
+#   bash launch/tpu_pod.sh my-v5e-32 us-west4-a configs/pretrain.py /mnt/gcs/runs/pretrain \
+#       --config.init.hf_dir=/mnt/gcs/Qwen2-VL-2B-Instruct --config.data.train=/mnt/gcs/versad.jsonl \
+#       --config.mesh.fsdp=16 ...
 #
-# Needs: the repository at $REPO on every worker (installed with `pip install -e .[tpu]`), and a workdir and
-# data on a filesystem every worker sees (Filestore/NFS, or a gcsfuse mount of a bucket). jax.distributed is
+# Needs: the repository at $REPO (default ~/tinyrs_jax) on every worker, installed with `pip install -e .[tpu]`,
+# and the workdir and data on a filesystem every worker sees at the same path (Filestore/NFS, or a bucket
+# mounted with gcsfuse; a gs:// URL is refused). $PROJECT picks the GCP project. jax.distributed is
 # initialised from the TPU metadata (config.distributed.mode=auto), the global batch is split across hosts,
 # checkpoints are written by all hosts together. Rerunning the same command resumes from the workdir's latest
 # checkpoint, e.g. after a preemption (SIGTERM saves a checkpoint first).
 set -euo pipefail
-if [[ $# -lt 2 ]]; then
-  echo "usage: TPU_NAME=... ZONE=... $0 CONFIG WORKDIR [--config.field=value ...]" >&2
+if [[ $# -lt 4 ]]; then
+  echo "usage: $0 TPU_NAME ZONE CONFIG WORKDIR [--config.field=value ...]" >&2
   exit 2
 fi
-: "${TPU_NAME:?set TPU_NAME}" "${ZONE:?set ZONE}"
-CONFIG=$1; WORKDIR=$2; shift 2
+TPU_NAME=$1; ZONE=$2; CONFIG=$3; WORKDIR=$4; shift 4
 REPO=${REPO:-~/tinyrs_jax}
 PROJECT_FLAG=${PROJECT:+--project=$PROJECT}
 ARGS=$(printf ' %q' "$@")

@@ -41,6 +41,9 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
   config = _CONFIG.value
+  if "://" in _WORKDIR.value:
+    raise app.UsageError(f"--workdir={_WORKDIR.value}: use a filesystem path every host sees (NFS, Filestore, or "
+                         "a bucket mounted with gcsfuse), not a URL")
   workdir = os.path.abspath(_WORKDIR.value)
   from tinyrs_jax.train import distributed
   distributed.initialize(config.get("distributed"))

@@ -55,24 +55,45 @@ def loss_names() -> list[str]:
 
 # ------------------------------------------------------------------------------------------- log-probs
 
-def _chunk_logits(h, w, dtype):
-  """h (B, C, D) @ w (D, V) -> fp32 logits (B*C, V), as one 2-D matmul (the fast path of every backend)."""
-  return jnp.dot(h.reshape(-1, h.shape[-1]).astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+def _chunk_logits(h, wt, dtype):
+  """h (B, C, D), wt (V, D) -> fp32 logits (B*C, V) = h @ wt.T, one 2-D matmul.
+
+  The head is used as (V, D): for tied embeddings that is the embedding table itself, so neither pass copies
+  a transposed vocabulary-sized matrix (the transposes around this function cancel under XLA).
+  """
+  h2 = h.reshape(-1, h.shape[-1]).astype(dtype)
+  return jax.lax.dot_general(h2, wt.astype(dtype), (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
 
 
-def _chunk_logprob(h, w, t, dtype):
-  logits = _chunk_logits(h, w, dtype)
+def _chunk_logprob(h, wt, t, dtype):
+  logits = _chunk_logits(h, wt, dtype)
   picked = jnp.take_along_axis(logits, t.reshape(-1, 1), axis=-1)[:, 0]
   return (picked - jax.nn.logsumexp(logits, axis=-1)).reshape(t.shape)
 
 
+def _chunk_grads(h, wt, t, m, g, dtype):
+  """(dh (B, C, D), dwt (V, D)) of sum(g * logp(t)) over one chunk: d/dlogits = g * (onehot(t) - softmax)."""
+  logits = _chunk_logits(h, wt, dtype)
+  gm = jnp.where(m, g, 0.0).reshape(-1, 1)
+  dlogits = -jax.nn.softmax(logits, axis=-1) * gm
+  dlogits = dlogits.at[jnp.arange(dlogits.shape[0]), t.reshape(-1)].add(gm[:, 0]).astype(dtype)
+  h2 = h.reshape(-1, h.shape[-1]).astype(dtype)
+  dh = jnp.dot(dlogits, wt.astype(dtype), preferred_element_type=jnp.float32)
+  dwt = jax.lax.dot_general(dlogits, h2, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+  return dh.reshape(h.shape).astype(h.dtype), dwt
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def _chunks_logprob(hs, w, ts, ms, dtype):
-  """hs (n, B, c, D), ts and ms (n, B, c) -> log p(ts) (n, B, c), 0 where not ms; chunks without any ms skipped."""
+  """hs (n, B, c, D), w (D, V), ts and ms (n, B, c) -> log p(ts) (n, B, c), 0 where not ms; chunks without
+  any ms are skipped."""
+  wt = w.T
+
   def body(_, xs):
     h, t, m = xs
-    lp = jax.lax.cond(jnp.any(m), lambda: _chunk_logprob(h, w, t, dtype), lambda: jnp.zeros(t.shape, jnp.float32))
+    lp = jax.lax.cond(jnp.any(m), lambda: _chunk_logprob(h, wt, t, dtype), lambda: jnp.zeros(t.shape, jnp.float32))
     return None, jnp.where(m, lp, 0.0)
+
   return jax.lax.scan(body, None, (hs, ts, ms))[1]
 
 
@@ -81,27 +102,25 @@ def _chunks_fwd(hs, w, ts, ms, dtype):
 
 
 def _chunks_bwd(dtype, res, g):
-  """Recomputes each chunk's logits: d logp(t)/d logits = onehot(t) - softmax, times the incoming g."""
+  """Recomputes each chunk's logits (the first chunk, which holds selected positions whenever any row has
+  one, seeds the weight gradient; the others are skipped when they hold none)."""
   hs, w, ts, ms = res
+  wt = w.T
+  dh0, dwt = _chunk_grads(hs[0], wt, ts[0], ms[0], g[0], dtype)
+  if hs.shape[0] == 1:
+    return dh0[None], dwt.T.astype(w.dtype), None, None
 
-  def body(dw, xs):
+  def body(dwt, xs):
     h, t, m, gc = xs
 
-    def grads(dw):
-      logits = _chunk_logits(h, w, dtype)
-      gm = jnp.where(m, gc, 0.0).reshape(-1, 1)
-      dlogits = -jax.nn.softmax(logits, axis=-1) * gm
-      dlogits = dlogits.at[jnp.arange(dlogits.shape[0]), t.reshape(-1)].add(gm[:, 0])
-      dl = dlogits.astype(dtype)
-      h2 = h.reshape(-1, h.shape[-1]).astype(dtype)
-      dh = jnp.dot(dl, w.astype(dtype).T, preferred_element_type=jnp.float32)
-      dw = dw + jnp.dot(h2.T, dl, preferred_element_type=jnp.float32)
-      return dw, dh.reshape(h.shape).astype(h.dtype)
+    def grads(dwt):
+      dh, d = _chunk_grads(h, wt, t, m, gc, dtype)
+      return dwt + d, dh
 
-    return jax.lax.cond(jnp.any(m), grads, lambda dw: (dw, jnp.zeros_like(h)), dw)
+    return jax.lax.cond(jnp.any(m), grads, lambda dwt: (dwt, jnp.zeros_like(h)), dwt)
 
-  dw, dhs = jax.lax.scan(body, jnp.zeros(w.shape, jnp.float32), (hs, ts, ms, g))
-  return dhs, dw.astype(w.dtype), None, None
+  dwt, dhs = jax.lax.scan(body, dwt, (hs[1:], ts[1:], ms[1:], g[1:]))
+  return jnp.concatenate([dh0[None], dhs]), dwt.T.astype(w.dtype), None, None
 
 
 _chunks_logprob.defvjp(_chunks_fwd, _chunks_bwd)

@@ -78,6 +78,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if data_state is not None:
     train_it.set_state(data_state)
   start = int(jax.device_get(state.step))
+  if start >= total_steps:
+    logging.info("%s already finished (step %d of %d): nothing to do", workdir, start, total_steps)
+    ckpt.close()
+    if hasattr(train_it, "close"):
+      train_it.close()
+    return {"step": start, "preempted": False, "compiles": 0, "finished_before": True,
+            "seconds": time.time() - t_start}
 
   writer = metrics_lib.MetricsWriter(workdir)
   if start > 0:
