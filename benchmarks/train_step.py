@@ -79,7 +79,6 @@ def main():
 
     first = float(run_ours()["loss"])
     ours[remat] = (first, time_fn(run_ours, warmup=1, iters=args.iters))
-    del holder
 
   # ---- transformers + torch AdamW.
   hf.train()

@@ -14,8 +14,6 @@ import signal
 import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 from absl import logging
 
 from tinyrs_jax.checkpoint import orbax_io
