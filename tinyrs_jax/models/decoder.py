@@ -21,10 +21,21 @@ NEG_INF = -1e30
 
 
 class KVCache(NamedTuple):
-  """Static KV cache for all layers: k, v (layers, B, S, kv_heads, head_dim); key_mask (B, S) valid slots."""
-  k: jax.Array
-  v: jax.Array
+  """Static KV cache for all layers; key_mask (B, S) marks valid slots.
+
+  k, v are either stacked, (layers, B, S, kv_heads, head_dim) — what prefill's layer scan writes — or tuples
+  of per-layer (B, S, kv_heads, head_dim) buffers — what the decode loop carries, so that each step writes
+  one slot of each buffer in place instead of copying whole layers in and out of a stacked array.
+  """
+  k: jax.Array | tuple
+  v: jax.Array | tuple
   key_mask: jax.Array
+
+  def unstacked(self) -> "KVCache":
+    if isinstance(self.k, tuple):
+      return self
+    n = self.k.shape[0]
+    return KVCache(tuple(self.k[i] for i in range(n)), tuple(self.v[i] for i in range(n)), self.key_mask)
 
   @classmethod
   def zeros(cls, cfg: TextConfig, batch: int, size: int, dtype) -> "KVCache":
@@ -98,12 +109,26 @@ class Decoder(nnx.Module):
                                cfg.num_hidden_layers, rngs)
     self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
-  def __call__(self, x, cos, sin, allowed, cache: KVCache | None = None, write_index=None):
+  def unstacked_layers(self):
+    """(graphdef, [per-layer state]): slice the stacked weights once, outside a decode loop."""
+    graphdef, state = nnx.split(self.layers)
+    return graphdef, [jax.tree.map(lambda a, i=i: a[i], state) for i in range(self.cfg.num_hidden_layers)]
+
+  def __call__(self, x, cos, sin, allowed, cache: KVCache | None = None, write_index=None, layers=None):
     """x (B, L, D) -> (normed hidden (B, L, D), updated cache or None).
 
-    With a cache, this call's keys/values are written at `write_index` of every layer's cache (carried through
-    the layer scan so XLA updates it in place) and attention reads the whole cache.
+    With a cache, this call's keys/values are written at `write_index` of every layer's cache and attention
+    reads the whole cache. A stacked cache goes through the layer scan (prefill); a per-layer cache with
+    `layers` from `unstacked_layers()` runs the layers unrolled (decode: no per-step copies of the cache).
     """
+    if cache is not None and isinstance(cache.k, tuple):
+      graphdef, states = layers if layers is not None else self.unstacked_layers()
+      ks, vs = [], []
+      for i, layer_state in enumerate(states):
+        x, (k, v) = nnx.merge(graphdef, layer_state)(x, cos, sin, allowed, (cache.k[i], cache.v[i]), write_index)
+        ks.append(k)
+        vs.append(v)
+      return self.norm(x), cache._replace(k=tuple(ks), v=tuple(vs))
     graphdef, state = nnx.split(self.layers)
     if cache is None:
       def body(h, layer_state):

@@ -38,10 +38,12 @@ class Linear(nnx.Module):
     self.dtype = dtype
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    # A 2-D matmul over flattened leading dims: XLA:CPU's backward of an N-D dot adds transposing copies.
+    lead = x.shape[:-1]
+    y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(self.dtype), self.kernel[...].astype(self.dtype))
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
-    return y
+    return y.reshape(lead + (y.shape[-1],))
 
 
 class RMSNorm(nnx.Module):

@@ -164,7 +164,7 @@ def with_tokenizer(cfg: Qwen2VLConfig, tokenizer) -> Qwen2VLConfig:
     raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids but the model's vocabulary is {cfg.text.vocab_size}")
   return cfg.replace(image_token_id=tokenizer.image_pad_id, video_token_id=tokenizer.video_pad_id,
                      vision_start_token_id=tokenizer.vision_start_id, vision_end_token_id=tokenizer.vision_end_id,
-                     eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id).validate()
+                     eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id, bos_token_id=None).validate()
 
 
 # --------------------------------------------------------------------------------- config.json mapping

@@ -104,21 +104,25 @@ class Qwen2VL(nnx.Module):
     x = self.embed(input_ids, pixel_values, image_grid_thw)
     pos, deltas = self.positions(input_ids, attention_mask, image_grid_thw)
     cos, sin = self.rope(pos)
-    l, s = input_ids.shape[1], cache.k.shape[2]
+    l, s = input_ids.shape[1], cache.key_mask.shape[1]
     key_mask = jax.lax.dynamic_update_slice(cache.key_mask, attention_mask.astype(jnp.int32), (0, 0))
     allowed = (jnp.arange(s)[None, :] <= jnp.arange(l)[:, None])[None] & key_mask.astype(bool)[:, None, :]
     h, cache = self.decoder(x, cos, sin, allowed, cache._replace(key_mask=key_mask), write_index=0)
     return h, cache, deltas
 
-  def decode_step(self, tokens, positions, cache: KVCache, write_index):
-    """One token per row at cache slot `write_index`: tokens (B,), positions (B,) text positions (all 3 rows)."""
+  def decode_step(self, tokens, positions, cache: KVCache, write_index, layers=None):
+    """One token per row at cache slot `write_index`: tokens (B,), positions (B,) text positions (all 3 rows).
+
+    Fastest with a per-layer cache (`cache.unstacked()`) and `layers=self.decoder.unstacked_layers()` made
+    once outside the decode loop."""
     x = jnp.take(self.embed_tokens[...], tokens[:, None], axis=0).astype(self.dtype)
     pos = jnp.broadcast_to(positions[None, :, None], (3,) + tokens.shape + (1,))
     cos, sin = self.rope(pos)
-    s = cache.k.shape[2]
+    s = cache.key_mask.shape[1]
     key_mask = cache.key_mask.at[:, write_index].set(1)
     allowed = (jnp.arange(s) <= write_index)[None, None, :] & key_mask.astype(bool)[:, None, :]
-    h, cache = self.decoder(x, cos, sin, allowed, cache._replace(key_mask=key_mask), write_index=write_index)
+    h, cache = self.decoder(x, cos, sin, allowed, cache._replace(key_mask=key_mask), write_index=write_index,
+                            layers=layers)
     return h[:, 0], cache
 
   # ------------------------------------------------------------------------------------------ HF-style call
@@ -128,7 +132,7 @@ class Qwen2VL(nnx.Module):
         np.asarray(input_ids), None if attention_mask is None else np.asarray(attention_mask),
         None if pixel_values is None else np.asarray(pixel_values, np.float32),
         None if image_grid_thw is None else np.asarray(image_grid_thw), pad_token_id=0,
-        patch_dim=self.cfg.vision.patch_dim)
+        patch_dim=self.cfg.vision.patch_dim, length_buckets=batch_lib.PROMPT_LENGTH_BUCKETS)
     n_tokens = int((b["input_ids"] == self.cfg.image_token_id).sum() * 1)
     n_feats = int(batch_lib.image_patch_counts(b["image_grid_thw"]).sum() // self.cfg.vision.merge_unit)
     if n_tokens != n_feats:

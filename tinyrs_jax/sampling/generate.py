@@ -109,6 +109,8 @@ def _decode(graphdef, state, cache, first_tokens, first_logprobs, next_pos, star
   """Generates up to max_new (<= buffer) tokens; the first came from prefill."""
   _COMPILES["decode"] += 1
   model = nnx.merge(graphdef, state)
+  layers = model.decoder.unstacked_layers()  # weights sliced once, not in every step
+  cache = _constrain_cache(cache.unstacked())
   rows = first_tokens.shape[0]
   tokens = jnp.full((rows, buffer), pad_id, jnp.int32).at[:, 0].set(first_tokens)
   logprobs = jnp.zeros((rows, buffer), jnp.float32).at[:, 0].set(first_logprobs)
@@ -123,7 +125,7 @@ def _decode(graphdef, state, cache, first_tokens, first_logprobs, next_pos, star
     i, cache, tokens, logprobs, rng, done, lengths = c
     rng, step_rng = jax.random.split(rng)
     prev = tokens[:, i - 1]
-    h, cache = model.decode_step(prev, next_pos + i - 1, cache, start_slot + i - 1)
+    h, cache = model.decode_step(prev, next_pos + i - 1, cache, start_slot + i - 1, layers=layers)
     cache = _constrain_cache(cache)
     tok, lp = sample(model.logits(h), step_rng, temperature, top_k, top_p, mode)
     tok = jnp.where(done, pad_id, tok)
@@ -141,9 +143,14 @@ def _decode(graphdef, state, cache, first_tokens, first_logprobs, next_pos, star
 
 
 def _constrain_cache(cache: KVCache) -> KVCache:
-  names = ("layers", "batch", "length", "act_kv_heads", None)
-  return KVCache(sharding.constrain(cache.k, names), sharding.constrain(cache.v, names),
-                 sharding.constrain(cache.key_mask, ("batch", "length")))
+  if isinstance(cache.k, tuple):
+    names = ("batch", "length", "act_kv_heads", None)
+    k = tuple(sharding.constrain(x, names) for x in cache.k)
+    v = tuple(sharding.constrain(x, names) for x in cache.v)
+  else:
+    names = ("layers", "batch", "length", "act_kv_heads", None)
+    k, v = sharding.constrain(cache.k, names), sharding.constrain(cache.v, names)
+  return KVCache(k, v, sharding.constrain(cache.key_mask, ("batch", "length")))
 
 
 # ---------------------------------------------------------------------------------------------- entry point

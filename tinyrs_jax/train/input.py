@@ -236,9 +236,7 @@ def total_steps(config, spec: DataSpec, global_batch: int, train_it=None) -> int
     return int(config.total_steps)
   if spec.source == "random":
     raise ValueError("set config.total_steps (data.source=random has no epochs)")
-  num_records = getattr(train_it, "num_records", None)  # records that passed the reader
-  if num_records is None:
-    num_records = len(train_it._pipeline.records)
+  num_records = train_it.num_records  # records that passed the reader
   steps = int(float(config.num_epochs) * num_records // global_batch)
   if steps < 1:
     raise ValueError(f"{num_records} records x {config.num_epochs} epochs give no full batch of {global_batch}")

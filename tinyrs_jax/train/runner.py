@@ -41,18 +41,6 @@ class ModelSource:
   init_path: str | None = None
 
 
-def with_tokenizer_ids(cfg: presets.Qwen2VLConfig, tokenizer_dir: str) -> presets.Qwen2VLConfig:
-  """A preset's special token ids replaced by the tokenizer's (the demo tokenizer has its own)."""
-  from tinyrs_jax.data.tokenizer import Tokenizer
-  tok = Tokenizer.from_folder(tokenizer_dir)
-  if tok.vocab_size > cfg.text.vocab_size:
-    raise ValueError(f"tokenizer {tokenizer_dir} has {tok.vocab_size} ids, more than the model's vocabulary "
-                     f"{cfg.text.vocab_size}")
-  return cfg.replace(image_token_id=tok.image_pad_id, video_token_id=tok.video_pad_id,
-                     vision_start_token_id=tok.vision_start_id, vision_end_token_id=tok.vision_end_id,
-                     eos_token_id=tok.eos_id, pad_token_id=tok.pad_id, bos_token_id=None)
-
-
 def _has_tokenizer(path: str | None) -> bool:
   return bool(path) and os.path.exists(os.path.join(path, "tokenizer.json"))
 
@@ -82,7 +70,8 @@ def resolve_model(config, workdir: str, tokenizer_dir: str | None = None) -> Mod
                      "--config.init.workdir=<an earlier stage's workdir> (or init.allow_random=True)")
   cfg = presets.get_preset(config.model.preset)
   if tokenizer_dir:
-    cfg = with_tokenizer_ids(cfg, tokenizer_dir)
+    from tinyrs_jax.data.tokenizer import Tokenizer
+    cfg = presets.with_tokenizer(cfg, Tokenizer.from_folder(tokenizer_dir))
   return ModelSource(cfg, tokenizer_dir, "random")
 
 
