@@ -109,7 +109,10 @@ def _decode(graphdef, state, cache, first_tokens, first_logprobs, next_pos, star
   """Generates up to max_new (<= buffer) tokens; the first came from prefill."""
   _COMPILES["decode"] += 1
   model = nnx.merge(graphdef, state)
-  layers = model.decoder.unstacked_layers()  # weights sliced once, not in every step
+  # Weights sliced per layer once, outside the loop: slicing the stacked arrays inside the loop copies them on
+  # every step on XLA:CPU (0.81x instead of 1.26x transformers at batch 8). The price is a transient copy of
+  # the decoder weights for the duration of the call; see the AOT memory reports before relying on it at 2B.
+  layers = model.decoder.unstacked_layers()
   cache = _constrain_cache(cache.unstacked())
   rows = first_tokens.shape[0]
   tokens = jnp.full((rows, buffer), pad_id, jnp.int32).at[:, 0].set(first_tokens)

@@ -179,7 +179,7 @@ def make_train_step(model: Model, opt: optim_lib.Optimizer, loss_fn: Callable[..
       (grads, out), _ = jax.lax.scan(body, zeros, (jnp.arange(grad_accum), batch))
     weight = jnp.maximum(out.weight, 1e-9)
     grads = jax.tree.map(lambda g: g / weight, grads)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = opt.tx.update(grads, state.opt_state, trainable)
     trainable = optax.apply_updates(trainable, updates)
     params = optim_lib.merge_trainable(trainable, frozen)
