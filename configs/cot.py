@@ -9,7 +9,8 @@ The demo (this CPU, about two minutes, synthetic cot data, demo_8m model):
     python -m tinyrs_jax.main --config=configs/cot.py:demo --workdir=/tmp/tinyrs/cot \
       [--config.init.workdir=/tmp/tinyrs/instruct]
   on its own from scratch, or from the instruct demo's workdir when init.workdir says so; should reach a final
-  eval_loss <= 0.9 x the eval_loss at step 0 (measured: see README).
+  eval_loss <= 0.9 x the eval_loss at step 0 (measured with `bash launch/demo.sh`, from the instruct demo:
+  eval_loss 10.14 at step 0 -> 0.91 at the end).
 """
 from __future__ import annotations
 

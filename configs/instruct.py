@@ -9,7 +9,8 @@ The demo (this CPU, about two minutes, synthetic instruct data, demo_8m model):
     python -m tinyrs_jax.main --config=configs/instruct.py:demo --workdir=/tmp/tinyrs/instruct \
       [--config.init.workdir=/tmp/tinyrs/pretrain]
   on its own from scratch, or from the pretrain demo's workdir when init.workdir says so; should reach a final
-  eval_loss <= 0.9 x the eval_loss at step 0 (measured: see README).
+  eval_loss <= 0.9 x the eval_loss at step 0 (measured with `bash launch/demo.sh`, from the pretrain demo:
+  eval_loss 9.19 at step 0 -> 1.66 at the end).
 """
 from __future__ import annotations
 
