@@ -173,3 +173,30 @@ def test_sharded_generation_equals_single_device(pair):
   sharded = tinyrs_jax.generate(on_mesh, inp, max_new_tokens=NEW, temperature=1.0, seed=2, num_samples=2, mesh=mesh)
   np.testing.assert_array_equal(single.tokens, sharded.tokens)
   np.testing.assert_allclose(single.logprobs, sharded.logprobs, atol=1e-5)
+
+
+@pytest.mark.parametrize("case,rows", [("text_only", 2), ("one_image", 1), ("left_padded_batch", 3)])
+def test_mesh_with_rows_that_do_not_divide_the_data_axes(pair, case, rows):
+  """Few prompts (and empty or odd image slots) on a (4, 1, 2) mesh: replicated where they do not divide."""
+  if len(jax.devices()) < 8:
+    pytest.skip("needs 8 (fake) devices")
+  from flax import nnx
+  from tinyrs_jax import sharding
+  _, ours = pair
+  inp = inputs(case)
+  assert inp["input_ids"].shape[0] == rows
+  single = tinyrs_jax.generate(ours, inp, max_new_tokens=NEW, temperature=1.0, seed=4, num_samples=2)
+  mesh = sharding.make_mesh(data=4, fsdp=1, tensor=2)
+  on_mesh = sharding.shard_model(nnx.clone(ours), mesh)
+  sharded = tinyrs_jax.generate(on_mesh, inp, max_new_tokens=NEW, temperature=1.0, seed=4, num_samples=2,
+                                mesh=mesh)
+  np.testing.assert_array_equal(single.tokens, sharded.tokens)
+
+
+def test_eos_token_zero_is_a_stop_token(pair):
+  _, ours = pair
+  inp = inputs("one_image")
+  free = tinyrs_jax.generate(ours, inp, max_new_tokens=NEW)
+  stop = int(free.tokens[0, 2])
+  g = tinyrs_jax.generate(ours, inp, max_new_tokens=NEW, eos_token_ids=stop)
+  assert g.lengths[0] == int(np.flatnonzero(free.tokens[0] == stop)[0]) + 1

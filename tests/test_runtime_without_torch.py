@@ -1,4 +1,4 @@
-"""Loading, the forward pass (and generation, once it exists) never import torch or transformers' model code."""
+"""Loading, the forward pass and generation never import torch or transformers' model code."""
 import subprocess
 import sys
 import textwrap
@@ -18,6 +18,9 @@ SCRIPT = textwrap.dedent("""
     ids = np.array([[5, 6, 248] + [250] * 4 + [249, 7]])
     out = model(ids, pixel_values=np.ones((16, 1176), np.float32), image_grid_thw=np.array([[1, 4, 4]]))
     assert out.shape == (1, 9, 256)
+    gen = tinyrs_jax.generate(model, dict(input_ids=ids, pixel_values=np.ones((16, 1176), np.float32),
+                                          image_grid_thw=np.array([[1, 4, 4]])), max_new_tokens=4)
+    assert gen.tokens.shape == (1, 4)
     bad = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.") or
                  m.startswith("transformers.models"))
     print("IMPORTED", bad)

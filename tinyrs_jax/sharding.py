@@ -104,11 +104,6 @@ def use_mesh(mesh: Mesh, rules=DEFAULT_RULES):
     _CURRENT.reset(token)
 
 
-def current_mesh() -> Mesh | None:
-  cur = _CURRENT.get()
-  return None if cur is None else cur[0]
-
-
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
   """Sharding constraint on an activation by logical names; a no-op outside `use_mesh`."""
   cur = _CURRENT.get()
@@ -141,8 +136,3 @@ def shard_model(model, mesh: Mesh, rules=DEFAULT_RULES):
   state = nnx.state(model)
   nnx.update(model, jax.device_put(state, state_shardings(state, mesh, rules)))
   return model
-
-
-def batch_sharding(mesh: Mesh, ndim: int, rules=DEFAULT_RULES, leading: str = "batch") -> NamedSharding:
-  """Leading dimension over the data axes, the rest replicated."""
-  return named_sharding(mesh, (leading,) + (None,) * (ndim - 1), None, rules)

@@ -78,6 +78,26 @@ def pad_images(pixel_values: np.ndarray | None, image_grid_thw: np.ndarray | Non
   return slots, grids
 
 
+def pad_images_to_buckets(pixel_values, image_grid_thw, *, patch_dim: int,
+                          patch_buckets: Sequence[int] = DEFAULT_PATCH_BUCKETS,
+                          slot_buckets: Sequence[int] = DEFAULT_IMAGE_SLOT_BUCKETS, dtype=np.float32):
+  """Flat HF-style images -> slots rounded up to buckets; no images -> zero slots (the vision tower is skipped)."""
+  n_images = 0 if image_grid_thw is None else len(np.asarray(image_grid_thw).reshape(-1, 3))
+  if n_images == 0:
+    return pad_images(None, None, num_slots=0, num_patches=min(patch_buckets), patch_dim=patch_dim, dtype=dtype)
+  max_patches = int(image_patch_counts(image_grid_thw).max())
+  return pad_images(pixel_values, image_grid_thw, num_slots=round_up_to_bucket(n_images, slot_buckets),
+                    num_patches=round_up_to_bucket(max_patches, patch_buckets), patch_dim=patch_dim, dtype=dtype)
+
+
+def check_image_tokens(input_ids: np.ndarray, image_grid_thw: np.ndarray, image_token_id: int, merge_unit: int):
+  """The number of <|image_pad|> tokens must equal the number of merged image features (as HF checks)."""
+  n_tokens = int((np.asarray(input_ids) == image_token_id).sum())
+  n_feats = int(image_patch_counts(image_grid_thw).sum() // merge_unit) if len(image_grid_thw) else 0
+  if n_tokens != n_feats:
+    raise ValueError(f"{n_tokens} image tokens in input_ids but image_grid_thw gives {n_feats} image features")
+
+
 def pad_hf_inputs(input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None, *, pad_token_id: int = 0,
                   patch_dim: int = 1176, length_buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS,
                   patch_buckets: Sequence[int] = DEFAULT_PATCH_BUCKETS,
@@ -98,10 +118,7 @@ def pad_hf_inputs(input_ids, attention_mask=None, pixel_values=None, image_grid_
   mask = np.zeros((b, padded_len), dtype=np.int32)
   ids[:, :length] = input_ids
   mask[:, :length] = attention_mask
-  n_images = 0 if image_grid_thw is None else len(np.asarray(image_grid_thw).reshape(-1, 3))
-  max_patches = int(image_patch_counts(image_grid_thw).max()) if n_images else 1
-  slots, grids = pad_images(
-      pixel_values, image_grid_thw, num_slots=round_up_to_bucket(max(n_images, 1), slot_buckets),
-      num_patches=round_up_to_bucket(max_patches, patch_buckets), patch_dim=patch_dim, dtype=pixel_dtype)
+  slots, grids = pad_images_to_buckets(pixel_values, image_grid_thw, patch_dim=patch_dim,
+                                       patch_buckets=patch_buckets, slot_buckets=slot_buckets, dtype=pixel_dtype)
   return {"input_ids": ids, "attention_mask": mask, "pixel_values": slots, "image_grid_thw": grids,
           "length": length}

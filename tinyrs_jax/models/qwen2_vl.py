@@ -64,7 +64,7 @@ class Qwen2VL(nnx.Module):
     return jnp.where(is_image[..., None], img.astype(self.dtype), x)
 
   def positions(self, input_ids, attention_mask, image_grid_thw=None):
-    if image_grid_thw is None:
+    if image_grid_thw is None or image_grid_thw.shape[0] == 0:  # no image slots: all tokens are text
       image_grid_thw = jnp.zeros((1, 3), jnp.int32)
     return mrope_positions(input_ids, attention_mask, image_grid_thw, self.cfg.image_token_id,
                            self.cfg.vision.spatial_merge_size)
@@ -133,10 +133,8 @@ class Qwen2VL(nnx.Module):
         None if pixel_values is None else np.asarray(pixel_values, np.float32),
         None if image_grid_thw is None else np.asarray(image_grid_thw), pad_token_id=0,
         patch_dim=self.cfg.vision.patch_dim, length_buckets=batch_lib.PROMPT_LENGTH_BUCKETS)
-    n_tokens = int((b["input_ids"] == self.cfg.image_token_id).sum() * 1)
-    n_feats = int(batch_lib.image_patch_counts(b["image_grid_thw"]).sum() // self.cfg.vision.merge_unit)
-    if n_tokens != n_feats:
-      raise ValueError(f"{n_tokens} image tokens in input_ids but image_grid_thw gives {n_feats} image features")
+    batch_lib.check_image_tokens(b["input_ids"], b["image_grid_thw"], self.cfg.image_token_id,
+                                 self.cfg.vision.merge_unit)
     length = b.pop("length")
     graphdef, state = nnx.split(self)
     logits = _forward_logits(graphdef, state, b)

@@ -12,6 +12,7 @@ Log-probabilities are those of the chosen token under the full-vocabulary log_so
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
 from typing import Sequence
@@ -177,11 +178,7 @@ def left_pad_prompts(batch: dict, *, pad_token_id: int, patch_dim: int,
   if pv is not None and np.asarray(pv).ndim == 3:  # already in static slot form
     slots, grids = np.asarray(pv), np.asarray(thw, np.int32)
   else:
-    n_img = 0 if thw is None else len(np.asarray(thw).reshape(-1, 3))
-    max_p = int(batch_lib.image_patch_counts(thw).max()) if n_img else 1
-    slots, grids = batch_lib.pad_images(
-        pv, thw, num_slots=batch_lib.round_up_to_bucket(max(n_img, 1), batch_lib.DEFAULT_IMAGE_SLOT_BUCKETS),
-        num_patches=batch_lib.round_up_to_bucket(max_p, batch_lib.DEFAULT_PATCH_BUCKETS), patch_dim=patch_dim)
+    slots, grids = batch_lib.pad_images_to_buckets(pv, thw, patch_dim=patch_dim)
   return {"input_ids": out_ids, "attention_mask": out_mask, "pixel_values": slots, "image_grid_thw": grids}
 
 
@@ -198,10 +195,8 @@ def generate(model, batch: dict, *, max_new_tokens: int, temperature: float = 0.
   pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else 0
   static = left_pad_prompts(batch, pad_token_id=pad_id, patch_dim=cfg.vision.patch_dim,
                             length_buckets=length_buckets)
-  n_tok = int((static["input_ids"] == cfg.image_token_id).sum())
-  n_feat = int(batch_lib.image_patch_counts(static["image_grid_thw"]).sum() // cfg.vision.merge_unit)
-  if n_tok != n_feat:
-    raise ValueError(f"{n_tok} image tokens in the prompts but image_grid_thw gives {n_feat} image features")
+  batch_lib.check_image_tokens(static["input_ids"], static["image_grid_thw"], cfg.image_token_id,
+                               cfg.vision.merge_unit)
   buffer = batch_lib.round_up_to_bucket(max_new_tokens, new_token_buckets)
   prompt_len = static["input_ids"].shape[1]
   cache_size = prompt_len + buffer
@@ -209,18 +204,20 @@ def generate(model, batch: dict, *, max_new_tokens: int, temperature: float = 0.
     raise ValueError(f"prompt ({prompt_len}) + generation buffer ({buffer}) exceeds the model's "
                      f"{cfg.text.max_position_embeddings} positions")
   mode = "greedy" if temperature == 0 else ("sample" if top_k == 0 and top_p >= 1.0 else "sample_filtered")
-  eos = np.asarray([-1] if not eos_token_ids else
-                   ([eos_token_ids] if np.isscalar(eos_token_ids) else list(eos_token_ids)), np.int32)
+  eos = [] if eos_token_ids is None else ([eos_token_ids] if np.isscalar(eos_token_ids) else list(eos_token_ids))
+  eos = np.asarray(eos or [-1], np.int32)  # -1 matches no token: generate exactly max_new_tokens
   graphdef, state = nnx.split(model)
   rng_prefill, rng_decode = jax.random.split(jax.random.key(seed))
   scalars = (jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p))
 
-  ctx = sharding.use_mesh(mesh) if mesh is not None else _nullcontext()
+  ctx = sharding.use_mesh(mesh) if mesh is not None else contextlib.nullcontext()
   with ctx:
-    arrays = {k: jnp.asarray(v) for k, v in static.items()}
-    if mesh is not None:
-      arrays = {k: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim, leading=(
-          "images" if k in ("pixel_values", "image_grid_thw") else "batch"))) for k, v in arrays.items()}
+    if mesh is None:
+      arrays = {k: jnp.asarray(v) for k, v in static.items()}
+    else:  # rows (image slots) over the data axes where they divide them, replicated where they do not
+      arrays = {k: jax.device_put(v, sharding.named_sharding(
+          mesh, ("images" if k in ("pixel_values", "image_grid_thw") else "batch",) + (None,) * (v.ndim - 1),
+          v.shape)) for k, v in static.items()}
     cache, first, first_lp, next_pos = _prefill(
         graphdef, state, arrays["input_ids"], arrays["attention_mask"], arrays["pixel_values"],
         arrays["image_grid_thw"], rng_prefill, *scalars, cache_size=cache_size, num_samples=num_samples,
@@ -233,10 +230,3 @@ def generate(model, batch: dict, *, max_new_tokens: int, temperature: float = 0.
     tokens, logprobs, lengths = (np.asarray(jax.device_get(x)) for x in (tokens, logprobs, lengths))
   return Generation(tokens, logprobs, lengths, prompt_len)
 
-
-class _nullcontext:
-  def __enter__(self):
-    return None
-
-  def __exit__(self, *a):
-    return False
