@@ -52,6 +52,8 @@ def test_transformers_loads_our_export_sharded(tmp_path):
   nnx.update(model, jax.tree.unflatten(treedef, [l + 0.1 * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)]))
   out = tinyrs_jax.save_hf(model, str(tmp_path / "out"), max_shard_bytes=200_000)
   assert (tmp_path / "out" / "model.safetensors.index.json").exists()
+  cfg = json.loads((tmp_path / "out" / "config.json").read_text())  # the published flat layout
+  assert cfg["rope_scaling"] == {"type": "mrope", "mrope_section": [2, 3, 3]} and "text_config" not in cfg
   hf = Qwen2VLForConditionalGeneration.from_pretrained(out, attn_implementation="eager").eval()
   inp = random_image_batch(np.random.default_rng(0), [(1, 4, 4), (1, 6, 4)], [3, 5], [4, 2], [[0], [1]])
   ref = hf_forward(hf, inp)

@@ -171,8 +171,12 @@ def _expected_hf_shape(entry: Entry, our_shape: tuple[int, ...], cfg) -> tuple[i
   return tuple(shape)
 
 
-def load_hf_params(path: str, model_abstract: nnx.Module, cfg, dtype) -> nnx.State:
-  """Fills the abstract model's state from the folder, checking every key and shape."""
+def load_hf_params(path: str, model_abstract: nnx.Module, cfg, dtype, host: bool = False) -> nnx.State:
+  """Fills the abstract model's state from the folder, checking every key and shape.
+
+  host=True keeps NumPy arrays, for a trainer that places each one straight into its sharding (nothing
+  unsharded ever lands on one device); otherwise each tensor becomes a jax array as soon as it is filled.
+  """
   folder = SafetensorsFolder(path)
   _, state = nnx.split(model_abstract)
   flat = dict(nnx.to_flat_state(state))
@@ -203,8 +207,8 @@ def load_hf_params(path: str, model_abstract: nnx.Module, cfg, dtype) -> nnx.Sta
       else:
         out = np.asarray(x, np_dtype)
       del x
-    if out is not None:
-      var.set_value(jnp.asarray(out))  # hand each tensor to JAX as it is filled: one copy of the model at a time
+    if out is not None:  # hand each tensor over as it is filled: one copy of the model at a time
+      var.set_value(out if host else jnp.asarray(out))
     del out
   extra = sorted(set(folder.where) - expected_keys)
   if cfg.text.tie_word_embeddings:
@@ -267,25 +271,35 @@ def save_hf(model: Qwen2VL, out_dir: str, dtype: str | None = None, source_dir: 
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, "config.json"), "w") as f:
     json.dump(presets.to_hf_dict(model.cfg, dtype), f, indent=2)
-  shards: list[dict[str, np.ndarray]] = [{}]
-  size = 0
-  total = 0
+  # Each shard is written as soon as it is full (host memory: one shard, not the model), under a temporary
+  # name; the final names need the shard count, known only at the end.
+  meta = {"format": "pt"}
+  shard: dict[str, np.ndarray] = {}
+  written: list[tuple[str, list[str]]] = []
+  size = total = 0
+
+  def flush():
+    nonlocal shard, size
+    tmp = os.path.join(out_dir, f".shard-{len(written):05d}.safetensors.tmp")
+    save_file(shard, tmp, metadata=meta)
+    written.append((tmp, list(shard)))
+    shard, size = {}, 0
+
   for key, arr in hf_tensors(model, dtype):
-    if shards[-1] and size + arr.nbytes > max_shard_bytes:
-      shards.append({})
-      size = 0
-    shards[-1][key] = arr
+    if shard and size + arr.nbytes > max_shard_bytes:
+      flush()
+    shard[key] = arr
     size += arr.nbytes
     total += arr.nbytes
-  meta = {"format": "pt"}
-  if len(shards) == 1:
-    save_file(shards[0], os.path.join(out_dir, "model.safetensors"), metadata=meta)
+  flush()
+  if len(written) == 1:
+    os.replace(written[0][0], os.path.join(out_dir, "model.safetensors"))
   else:
     weight_map = {}
-    for n, shard in enumerate(shards):
-      name = f"model-{n + 1:05d}-of-{len(shards):05d}.safetensors"
-      save_file(shard, os.path.join(out_dir, name), metadata=meta)
-      weight_map.update({k: name for k in shard})
+    for n, (tmp, keys) in enumerate(written):
+      name = f"model-{n + 1:05d}-of-{len(written):05d}.safetensors"
+      os.replace(tmp, os.path.join(out_dir, name))
+      weight_map.update({k: name for k in keys})
     with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as f:
       json.dump({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, f, indent=2)
   source_dir = source_dir or getattr(model, "source_dir", None)

@@ -226,26 +226,28 @@ def from_hf_dict(d: dict[str, Any], source: str = "config.json") -> Qwen2VLConfi
 
 
 def to_hf_dict(cfg: Qwen2VLConfig, dtype: str = "float32") -> dict[str, Any]:
-  """The nested config.json layout transformers 5 writes (and reads)."""
+  """config.json in the flat layout the published Qwen2-VL checkpoints carry.
+
+  Text fields at the top with `rope_scaling: {type: mrope, mrope_section}`: transformers 5 reads it (moving
+  the fields into its nested text_config), and so do transformers 4.x and the serving stacks built on it,
+  which know only this layout.
+  """
   t, v = cfg.text, cfg.vision
-  text = {
-      "model_type": "qwen2_vl_text", "vocab_size": t.vocab_size, "hidden_size": t.hidden_size,
-      "intermediate_size": t.intermediate_size, "num_hidden_layers": t.num_hidden_layers,
-      "num_attention_heads": t.num_attention_heads, "num_key_value_heads": t.num_key_value_heads,
-      "hidden_act": "silu", "rms_norm_eps": t.rms_norm_eps, "max_position_embeddings": t.max_position_embeddings,
-      "use_sliding_window": False, "attention_dropout": 0.0, "use_cache": True,
-      "rope_parameters": {"rope_type": "default", "rope_theta": t.rope_theta,
-                          "mrope_section": list(t.mrope_section)},
-      "tie_word_embeddings": t.tie_word_embeddings, "dtype": dtype,
-      "bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id,
-  }
-  vision = {"model_type": "qwen2_vl_vision", **{hf: getattr(v, ours) for ours, hf in _VISION_KEYS.items()},
+  vision = {**{hf: getattr(v, ours) for ours, hf in _VISION_KEYS.items()},
             "mlp_ratio": int(v.mlp_ratio) if float(v.mlp_ratio).is_integer() else v.mlp_ratio,
-            "hidden_act": "quick_gelu", "in_chans": v.in_channels, "dtype": dtype,
-            "rope_parameters": {"rope_type": "axial", "rope_theta": v.rope_theta}}
+            "hidden_act": "quick_gelu", "in_chans": v.in_channels, "model_type": "qwen2_vl"}
+  if v.rope_theta != 10000.0:
+    vision["rope_theta"] = v.rope_theta
   return {
       "architectures": ["Qwen2VLForConditionalGeneration"], "model_type": "qwen2_vl",
-      "text_config": text, "vision_config": vision, "tie_word_embeddings": t.tie_word_embeddings,
-      "dtype": dtype, **{k: getattr(cfg, k) for k in _TOP_IDS},
+      "vocab_size": t.vocab_size, "hidden_size": t.hidden_size, "intermediate_size": t.intermediate_size,
+      "num_hidden_layers": t.num_hidden_layers, "num_attention_heads": t.num_attention_heads,
+      "num_key_value_heads": t.num_key_value_heads, "hidden_act": "silu", "rms_norm_eps": t.rms_norm_eps,
+      "max_position_embeddings": t.max_position_embeddings, "max_window_layers": t.num_hidden_layers,
+      "use_sliding_window": False, "sliding_window": t.max_position_embeddings, "attention_dropout": 0.0,
+      "use_cache": True, "rope_theta": t.rope_theta,
+      "rope_scaling": {"type": "mrope", "mrope_section": list(t.mrope_section)},
+      "tie_word_embeddings": t.tie_word_embeddings, "torch_dtype": dtype, "vision_config": vision,
+      **{k: getattr(cfg, k) for k in _TOP_IDS},
       "bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id,
   }
