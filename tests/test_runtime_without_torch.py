@@ -49,3 +49,33 @@ def test_runtime_does_not_need_torch(ckpt, hide):
                      env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"})
   assert r.returncode == 0, r.stderr[-3000:]
   assert "IMPORTED []" in r.stdout
+
+
+TRAIN_SCRIPT = textwrap.dedent("""
+    import sys, tempfile
+    import jax, ml_collections
+    from tinyrs_jax.models import get_preset
+    from tinyrs_jax.train import input as input_lib, losses, metrics, optimizer, state as state_lib
+    cfg = get_preset("tiny")
+    model = state_lib.make_model(cfg)
+    opt = optimizer.make_optimizer(ml_collections.ConfigDict(dict(lr=1e-3, weight_decay=0.1, max_grad_norm=1.0)),
+                                   model.abstract_params, total_steps=2)
+    params = jax.jit(model.build)(jax.random.PRNGKey(0))
+    state = state_lib._new_state(params, opt, jax.random.PRNGKey(1))
+    step = jax.jit(state_lib.make_train_step(model, opt, losses.get_loss("next_token_ce")))
+    state, m = step(state, input_lib.random_batch(cfg, batch_size=2, length=48))
+    w = metrics.MetricsWriter(tempfile.mkdtemp())
+    w.write(1, {k: v for k, v in m.items() if k == "loss"})
+    w.close()
+    bad = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.") or
+                 m.startswith("transformers.models"))
+    print("IMPORTED", bad)
+    assert not bad, bad
+""")
+
+
+def test_training_step_and_metrics_do_not_import_torch():
+  r = subprocess.run([sys.executable, "-c", TRAIN_SCRIPT], capture_output=True, text=True, timeout=300,
+                     env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"})
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "IMPORTED []" in r.stdout

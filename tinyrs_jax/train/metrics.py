@@ -19,6 +19,25 @@ from tinyrs_jax.models.presets import Qwen2VLConfig
 METRICS_FILE = "metrics.jsonl"
 
 
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter, imported without torch.
+
+  tensorboardX imports torch whenever it can (for graph/histogram helpers we never call), which would pull
+  torch into every training run on machines that have it; training must stay torch-free. `import torch`
+  is made to fail only for the duration of this import when torch is not loaded already.
+  """
+  import sys
+  if "torch" in sys.modules or "tensorboardX" in sys.modules:
+    from tensorboardX import SummaryWriter
+    return SummaryWriter
+  sys.modules["torch"] = None  # type: ignore[assignment]  # import torch -> ImportError
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    del sys.modules["torch"]
+  return SummaryWriter
+
+
 def _scalar(v) -> float | int:
   v = np.asarray(v)
   return v.item() if v.ndim == 0 else float(v.mean())
@@ -58,8 +77,7 @@ class MetricsWriter:
 
   def _writer(self):
     if self._tb is None and self._tb_dir:
-      from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(self._tb_dir, purge_step=getattr(self, "_purge_step", None))
+      self._tb = _summary_writer_class()(self._tb_dir, purge_step=getattr(self, "_purge_step", None))
     return self._tb
 
   def write(self, step: int, scalars: dict[str, Any]) -> None:
