@@ -231,8 +231,8 @@ class _Pipeline:
                          field="messages", reason="bad_placeholder")
     size, patches, image_tokens = None, 0, 0
     if record.image is not None:
-      try:
-        size = images_lib.image_size(record.image, name=self._image_name(record))
+      try:  # a size the reader already knows (e.g. from an annotation file) spares reading the header
+        size = record.image_size or images_lib.image_size(record.image, name=self._image_name(record))
       except DataError as e:
         raise _image_error(record, e) from None
       try:
