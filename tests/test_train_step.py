@@ -97,6 +97,25 @@ def test_meshes_equal_one_device(baseline, shape):
   assert mu and all(x.sharding.spec == state.params["embed_tokens"].sharding.spec for x in mu)
 
 
+def test_batch_without_supervised_tokens_changes_nothing(baseline):
+  """loss_mask all zero: no AdamW decay or moment update (params, opt_state equal), the step still counts."""
+  mesh = one_device_mesh()
+  model = state_lib.make_model(CFG)
+  opt = optim_lib.make_optimizer(optim_config(), model.abstract_params, total_steps=10)
+  sh = state_lib.state_shardings(model, opt, mesh)
+  state = state_lib.init_state(model, opt, sh, 0)
+  step = state_lib.CompiledStep(state_lib.make_train_step(model, opt, loss_fn()), mesh, sh, donate=True)
+  hb = baseline["batches"][0]
+  put = lambda b: input_lib.to_global(b, state_lib.batch_shardings(mesh, b))
+  state, m = step(state, put(hb))  # non-zero moments first
+  assert float(m["skipped"]) == 0.0
+  before = jax.device_get((state.params, state.opt_state))
+  state, m = step(state, put(dict(hb, loss_mask=np.zeros_like(hb["loss_mask"]))))
+  assert float(m["skipped"]) == 1.0 and float(m["weight"]) == 0.0 and int(state.step) == 2
+  for a, b in zip(jax.tree.leaves(jax.device_get((state.params, state.opt_state))), jax.tree.leaves(before)):
+    assert np.array_equal(a, b)
+
+
 def test_freezing_keeps_params_bit_identical(baseline):
   opt = optim_config(freeze="vision,merger")
   _, params, _, state = run(one_device_mesh(), baseline["batches"], optim=opt)

@@ -153,7 +153,8 @@ def make_train_step(model: Model, opt: optim_lib.Optimizer, loss_fn: Callable[..
 
   With grad_accum > 1 every batch array has a leading microbatch axis of that size; gradients, losses,
   weights and metric sums are added over microbatches (lax.scan, one microbatch's activations live at a time)
-  and divided by the total weight once.
+  and divided by the total weight once. A batch without supervised tokens (weight 0) leaves params and optimizer
+  state untouched (metrics "skipped" = 1); the step counter still advances.
   """
   mask = opt.mask
 
@@ -180,11 +181,17 @@ def make_train_step(model: Model, opt: optim_lib.Optimizer, loss_fn: Callable[..
     weight = jnp.maximum(out.weight, 1e-9)
     grads = jax.tree.map(lambda g: g / weight, grads)
     grad_norm = optax.tree.norm(grads)
-    updates, opt_state = opt.tx.update(grads, state.opt_state, trainable)
-    trainable = optax.apply_updates(trainable, updates)
-    params = optim_lib.merge_trainable(trainable, frozen)
+
+    def update(_):
+      updates, opt_state = opt.tx.update(grads, state.opt_state, trainable)
+      return optax.apply_updates(trainable, updates), opt_state
+
+    # Nothing supervised (weight 0): AdamW would still decay the weights and the moments; keep both as they were.
+    skip = out.weight <= 0
+    new_trainable, opt_state = jax.lax.cond(skip, lambda _: (trainable, state.opt_state), update, None)
+    params = optim_lib.merge_trainable(new_trainable, frozen)
     metrics = {"loss": out.loss / weight, "grad_norm": grad_norm, "weight": out.weight,
-               **{k: v / weight for k, v in out.metrics.items()}}
+               "skipped": skip.astype(jnp.float32), **{k: v / weight for k, v in out.metrics.items()}}
     for g, sched in opt.schedules.items():
       metrics[f"lr/{g}"] = jnp.asarray(sched(state.step), jnp.float32)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
