@@ -56,12 +56,14 @@ def base(stage: str) -> ml_collections.ConfigDict:
   c.loss = ml_collections.ConfigDict(dict(name="next_token_ce", chunk_size=256))
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # -1: all remaining devices
-  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=500, keep=3, async_save=True))
+  # preemption_check_every: several processes agree on a SIGTERM every this many steps (an all-gather waits for
+  # the step in flight, so not every step)
+  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=500, keep=3, async_save=True, preemption_check_every=10))
   c.eval = ml_collections.ConfigDict(dict(every_steps=500, num_batches=-1, batch_size=0, at_start=True))
   c.log_every_steps = 10
   c.peak_tflops = 0.0  # per device, for MFU; 0 = guess from the device kind
   c.export_hf_dir = ""  # write a Hugging Face folder here at the end
-  c.export_dtype = ""  # "" = the parameters' dtype
+  c.export_dtype = "bfloat16"  # the model's compute dtype; a 2B fp32 export is 8.8 GB. "" = the parameters' dtype
   c.distributed = ml_collections.ConfigDict(dict(
       mode="auto", coordinator_address="", num_processes=-1, process_id=-1, initialization_timeout=300))
   c.debug_kill_at_step = -1  # tests: SIGKILL the process after this step
@@ -91,4 +93,5 @@ def demo(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.eval.every_steps = 40
   c.eval.num_batches = 4
   c.log_every_steps = 10
+  c.export_dtype = ""  # fp32, as trained: exports compare exactly in tests
   return c

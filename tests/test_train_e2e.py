@@ -163,9 +163,17 @@ def test_two_processes_equal_one(tiny_reference, tmp_path):
 @pytest.mark.slow
 def test_sigkill_then_restart_equals_uninterrupted_with_pipeline(tmp_path):
   """The real data pipeline: a SIGKILL after step 5 (checkpoint at 4 on disk), a restart from the workdir
-  restores params, optimizer, step, RNG and the data iterator: same losses and parameters as no kill."""
-  ref, wd = str(tmp_path / "ref"), str(tmp_path / "killed")
-  main(ref, *PIPELINE)
+  restores params, optimizer, step, RNG and the data iterator: same losses and parameters as no kill.
+  The workdir holds the tokenizer with the training pixel limits; loads and exports find it there."""
+  ref, wd, export = str(tmp_path / "ref"), str(tmp_path / "killed"), str(tmp_path / "hf")
+  main(ref, *PIPELINE, f"--config.export_hf_dir={export}")
+  import tinyrs_jax
+  tok = tinyrs_jax.load(ref).source_dir
+  assert tok == os.path.join(ref, "tokenizer")
+  for folder in (tok, export):
+    assert os.path.exists(os.path.join(folder, "tokenizer.json")), folder
+    pre = json.load(open(os.path.join(folder, "preprocessor_config.json")))
+    assert (pre["min_pixels"], pre["max_pixels"]) == (56 * 56, 112 * 112), folder  # configs/common.py demo()
   p = main(wd, *PIPELINE, "--config.debug_kill_at_step=5", check=False)
   assert p.returncode == -9, p.stderr[-4000:]
   assert sorted(int(s) for s in os.listdir(os.path.join(wd, "checkpoints")) if s.isdigit()) == [2, 4]

@@ -2,19 +2,48 @@
 
 Layout of a workdir:
   tinyrs_model.json          the model config (HF config.json form) and the tokenizer folder: marks "ours"
+  tokenizer/                 the tokenizer files and the preprocessor_config.json (pixel limits) trained with
   checkpoints/<step>/params  the model parameters (nnx.Param state, pure dict) — what `tinyrs_jax.load` reads
-  checkpoints/<step>/opt_state, .../extra   optimizer state; step, RNG and data-iterator state (trainers)
+  checkpoints/<step>/opt_state, .../meta, .../data   optimizer state; step and RNG; data-iterator state (trainers)
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
+from absl import logging
 from flax import nnx
 
 MARKER = "tinyrs_model.json"
+TOKENIZER_DIR = "tokenizer"  # inside the workdir, so the tokenizer moves with it
+
+
+def save_tokenizer(workdir: str, src_dir: str, image_cfg=None) -> str:
+  """Copies the tokenizer / processor files of `src_dir` into <workdir>/tokenizer; `image_cfg` (an
+  ImageProcessorConfig: the limits trained with) replaces the source's preprocessor_config.json. Returns the
+  folder relative to the workdir, as the marker records it."""
+  from tinyrs_jax.checkpoint.hf import SIDE_FILES
+  dst = os.path.join(workdir, TOKENIZER_DIR)
+  os.makedirs(dst, exist_ok=True)
+  if os.path.realpath(src_dir) != os.path.realpath(dst):
+    for name in SIDE_FILES:
+      src, out = os.path.join(src_dir, name), os.path.join(dst, name)
+      if os.path.exists(src):
+        shutil.copyfile(src, out)
+      elif os.path.exists(out):
+        os.remove(out)  # left from an earlier tokenizer
+  if image_cfg is not None:
+    image_cfg.save(dst)
+  return TOKENIZER_DIR
+
+
+def tokenizer_path(workdir: str, marker: dict) -> str | None:
+  """The marker's tokenizer folder as a path: relative to the workdir (older markers hold absolute paths)."""
+  t = marker.get("tokenizer_dir")
+  return os.path.join(os.path.abspath(workdir), t) if t else None
 
 
 def write_marker(workdir: str, model_cfg, tokenizer_dir: str | None = None, extra: dict | None = None):
@@ -105,7 +134,7 @@ def load_model(path: str, dtype="float32", param_dtype=None):
   params = restore_params(workdir, step, params)
   params = jax.tree.map(lambda x: jnp.asarray(x, param_dtype), params)
   model = nnx.merge(graphdef, params, rest)
-  model.source_dir = marker.get("tokenizer_dir")
+  model.source_dir = tokenizer_path(workdir, marker)  # save_hf and tools.predict take the tokenizer from here
   return model
 
 
@@ -115,7 +144,8 @@ def load_model(path: str, dtype="float32", param_dtype=None):
 #   params     the model parameters (pure dict; what `tinyrs_jax.load` and a later stage's init read)
 #   opt_state  the optimizer state (over the trainable parameters)
 #   meta       {"step", "rng"} as arrays
-#   data       this process's data-iterator state, one JSON file per process (process_<i>-of-<n>.json)
+#   data       this process's data-iterator state, one JSON file per process (process_<i>-of-<n>.json); a
+#              restore under another process count reads process 0's (the state is a global batch index)
 
 
 def _ocp():
@@ -136,8 +166,7 @@ class ProcessJsonHandler:
     import jax as _jax
     path = os.path.join(str(directory), f"process_{_jax.process_index()}-of-{_jax.process_count()}.json")
     if not os.path.exists(path):
-      found = sorted(os.listdir(str(directory))) if os.path.isdir(str(directory)) else []
-      raise FileNotFoundError(f"{path} not found (saved by another process count? found {found})")
+      path = _other_process_file(str(directory), path)
     with open(path) as f:
       return json.load(f)
 
@@ -156,6 +185,19 @@ class ProcessJsonHandler:
   @classmethod
   def typestr(cls):
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _other_process_file(directory: str, wanted: str) -> str:
+  """Process 0's file of a save by another process count: the iterator state is the next global batch (the
+  same on every process), its skip counts start from process 0's."""
+  found = sorted(f for f in (os.listdir(directory) if os.path.isdir(directory) else [])
+                 if f.startswith("process_") and f.endswith(".json"))
+  if not found:
+    raise FileNotFoundError(f"{wanted} not found and no other process's data state in {directory}")
+  first = next((f for f in found if f.startswith("process_0-of-")), found[0])
+  logging.warning("data state: no %s (saved by another process count: %s); continuing from %s",
+                  os.path.basename(wanted), found, first)
+  return os.path.join(directory, first)
 
 
 def _register_process_json():

@@ -121,15 +121,41 @@ def stack_microbatches(batches: Sequence[dict[str, np.ndarray]]) -> dict[str, np
   return {k: np.stack([p[k] for p in padded]) for k in padded[0]}
 
 
+def check_batch_split(batch_size: int, data_axes: int, process_count: int, what: str = "batch") -> None:
+  """Every process loads different rows, so the data axes (data x fsdp) must split the batch across processes:
+  a batch axis replicated over several processes would hold different rows on each (silently wrong)."""
+  if data_axes % process_count:
+    raise ValueError(f"the mesh's data axes (data x fsdp = {data_axes}) must be a multiple of the process count "
+                     f"({process_count}): each process loads its own rows, which a batch axis replicated across "
+                     "processes cannot hold; give data or fsdp more devices (e.g. --config.mesh.data=-1)")
+  if batch_size % data_axes:
+    raise ValueError(f"{what} {batch_size} must be divisible by the data axes ({data_axes} = data x fsdp)")
+
+
+def _split_ways(sharding) -> int:
+  """Into how many pieces a NamedSharding cuts an array (batch arrays are sharded on their row axis only)."""
+  ways = 1
+  for axes in getattr(sharding, "spec", ()):
+    for a in (axes if isinstance(axes, tuple) else (axes,)):
+      if a is not None:
+        ways *= sharding.mesh.shape[a]
+  return ways
+
+
 def to_global(batch: dict[str, np.ndarray], shardings: dict) -> dict[str, jax.Array]:
   """This process's rows -> global arrays (rows of all processes concatenated in process order)."""
   out = {}
+  pc = jax.process_count()
   for k, v in batch.items():
     s = shardings[k]
-    if jax.process_count() == 1:
+    if pc == 1:
       out[k] = jax.device_put(v, s)
-    else:
-      out[k] = jax.make_array_from_process_local_data(s, v)
+      continue
+    ways = _split_ways(s)
+    if ways % pc:
+      raise ValueError(f"{k}: sharding {s.spec} splits the rows {ways} ways, not a multiple of the {pc} processes; "
+                       "each process's rows would land in a replicated array (see check_batch_split)")
+    out[k] = jax.make_array_from_process_local_data(s, v)
   return out
 
 
@@ -196,6 +222,14 @@ def _processor(config, tokenizer_dir: str | None):
   return Processor.from_folder(tokenizer_dir, min_pixels=int(d.min_pixels), max_pixels=int(d.max_pixels))
 
 
+def image_config(config, tokenizer_dir: str):
+  """The image preprocessing the trainer uses: the folder's preprocessor_config.json with data.min/max_pixels."""
+  from tinyrs_jax.data.image_processor import ImageProcessorConfig
+  d = config.data
+  return dataclasses.replace(ImageProcessorConfig.from_folder(tokenizer_dir), min_pixels=int(d.min_pixels),
+                             max_pixels=int(d.max_pixels))
+
+
 def _buckets(d, name, default):
   v = d.get(name, None)
   return tuple(int(x) for x in v) if v else tuple(default)
@@ -243,6 +277,11 @@ def total_steps(config, spec: DataSpec, global_batch: int, train_it=None) -> int
   return steps
 
 
+def eval_batch_size(config) -> int:
+  """eval.batch_size, or the training microbatch when 0."""
+  return int(config.eval.get("batch_size", 0) or config.batch_size // int(config.get("grad_accum_steps", 1)))
+
+
 def has_eval(config, spec: DataSpec) -> bool:
   if int(config.eval.get("num_batches", 0)) == 0:
     return False
@@ -256,7 +295,7 @@ class EvalData:
                process_index: int = 0, process_count: int = 1):
     e = config.eval
     self.config, self.spec, self.model_cfg = config, spec, model_cfg
-    self.batch_size = int(e.get("batch_size", 0) or config.batch_size // int(config.get("grad_accum_steps", 1)))
+    self.batch_size = eval_batch_size(config)
     self.num_batches = int(e.get("num_batches", -1))
     self.pi, self.pc = process_index, process_count
     self.records = self.processor = None

@@ -11,7 +11,6 @@ import signal
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from flax import nnx
@@ -45,6 +44,27 @@ def _has_tokenizer(path: str | None) -> bool:
   return bool(path) and os.path.exists(os.path.join(path, "tokenizer.json"))
 
 
+def check_special_ids(cfg: presets.Qwen2VLConfig, tokenizer_dir: str | None, where: str) -> None:
+  """The model's special token ids must be the tokenizer's: the data marks images with the tokenizer's ids, the
+  model looks for its own (a mismatch trains on garbage without any error)."""
+  if not _has_tokenizer(tokenizer_dir):
+    return
+  from tinyrs_jax.data.tokenizer import Tokenizer
+  tok = Tokenizer.from_folder(tokenizer_dir)
+  pairs = [("image_token_id", cfg.image_token_id, "<|image_pad|>", tok.image_pad_id),
+           ("vision_start_token_id", cfg.vision_start_token_id, "<|vision_start|>", tok.vision_start_id),
+           ("vision_end_token_id", cfg.vision_end_token_id, "<|vision_end|>", tok.vision_end_id)]
+  if cfg.pad_token_id is not None:
+    pairs.append(("pad_token_id", cfg.pad_token_id, f"pad {tok.pad_token!r}", tok.pad_id))
+  bad = [f"{name} is {ours} in {where} but the tokenizer's {token} is {theirs}"
+         for name, ours, token, theirs in pairs if ours != theirs]
+  if cfg.eos_token_id is not None and cfg.eos_token_id not in tok.eos_ids:  # generation_config may add eos ids
+    bad.append(f"eos_token_id is {cfg.eos_token_id} in {where} but the tokenizer's eos ids are {tok.eos_ids}")
+  if bad:
+    raise ValueError(f"model and tokenizer ({tokenizer_dir}) disagree on special tokens: " + "; ".join(bad)
+                     + ". Use the tokenizer the model was trained with (data.tokenizer_dir)")
+
+
 def resolve_model(config, workdir: str, tokenizer_dir: str | None = None) -> ModelSource:
   """The model config and tokenizer folder: from this workdir when resuming, else from init.workdir's marker,
   init.hf_dir's config.json, or the preset (with the tokenizer's special ids)."""
@@ -53,17 +73,22 @@ def resolve_model(config, workdir: str, tokenizer_dir: str | None = None) -> Mod
   if orbax_io.latest_step(workdir) is not None:
     marker = orbax_io.read_marker(workdir)
     cfg = presets.from_hf_dict(marker["config"], source=os.path.join(workdir, orbax_io.MARKER))
-    return ModelSource(cfg, marker.get("tokenizer_dir") or tokenizer_dir, "resume", workdir)
+    return ModelSource(cfg, orbax_io.tokenizer_path(workdir, marker) or tokenizer_dir, "resume", workdir)
   if init.get("workdir"):
     src = init.workdir
     if not orbax_io.is_our_checkpoint(src):
       raise FileNotFoundError(f"init.workdir={src!r} is not a tinyrs_jax workdir (no {orbax_io.MARKER})")
-    marker = orbax_io.read_marker(orbax_io._find(src)[0])
-    cfg = presets.from_hf_dict(marker["config"], source=os.path.join(src, orbax_io.MARKER))
-    return ModelSource(cfg, tokenizer_dir or marker.get("tokenizer_dir"), "workdir", src)
+    src_workdir = orbax_io._find(src)[0]
+    marker = orbax_io.read_marker(src_workdir)
+    where = os.path.join(src_workdir, orbax_io.MARKER)
+    cfg = presets.from_hf_dict(marker["config"], source=where)
+    tok = tokenizer_dir or orbax_io.tokenizer_path(src_workdir, marker)
+    check_special_ids(cfg, tok, where)
+    return ModelSource(cfg, tok, "workdir", src)
   if init.get("hf_dir"):
     cfg = hf.read_config(init.hf_dir)
     tok = tokenizer_dir or (init.hf_dir if _has_tokenizer(init.hf_dir) else None)
+    check_special_ids(cfg, tok, os.path.join(init.hf_dir, "config.json"))
     return ModelSource(cfg, tok, "hf", init.hf_dir)
   if not init.get("allow_random", False):
     raise ValueError("no initial weights: set --config.init.hf_dir=<Hugging Face Qwen2-VL folder> or "
@@ -100,8 +125,10 @@ def load_init_params(source: ModelSource, model: state_lib.Model, shardings: sta
     from tinyrs_jax.checkpoint import hf
     from tinyrs_jax.models.qwen2_vl import Qwen2VL
     abstract_module = nnx.eval_shape(lambda: Qwen2VL(source.cfg, rngs=nnx.Rngs(0), **model.kwargs))
+    # NumPy on the host, each array then cut straight into its shards: the whole unsharded model never sits on
+    # one device (a 2B model in fp32 is 8.8 GB).
     host = hf.load_hf_params(source.init_path, abstract_module, source.cfg,
-                             model.kwargs.get("param_dtype", "float32"))
+                             model.kwargs.get("param_dtype", "float32"), host=True)
     host = host.to_pure_dict()
     return jax.tree.map(lambda x, a: _put_global(np.asarray(x, a.dtype), a.sharding), host, abstract)
   raise ValueError(f"no parameters to load for init {source.init!r}")
@@ -163,38 +190,55 @@ class Checkpointer:
 
 # ------------------------------------------------------------------------------------------ preemption
 
+def _jax_preemption_service() -> bool:
+  """Whether jax.distributed started its preemption sync service (it catches SIGTERM itself, in C++)."""
+  from jax._src import distributed
+  return distributed.global_state.preemption_sync_manager is not None
+
+
 class Preemption:
   """SIGTERM (preemption) -> save a checkpoint at the next step boundary and stop.
 
-  One process: a signal handler sets a flag. Several processes: jax's preemption sync service (started by
-  jax.distributed) agrees on one step for all of them (orbax's reached_preemption), and a SIGTERM seen by this
-  process's own handler is shared with a tiny all-gather so all processes stop at the same step.
+  With jax.distributed, jax's preemption sync service catches SIGTERM and agrees on one step for all processes
+  (orbax's reached_preemption, a local check meant for every step); a Python handler would replace its C++ one,
+  so none is installed then. Otherwise a handler sets a flag (and calls any earlier Python handler); several
+  processes share their flags with an all-gather every `check_every` steps only, as the all-gather waits for the
+  step in flight.
   """
 
-  def __init__(self, ckpt: Checkpointer | None = None):
+  def __init__(self, ckpt: Checkpointer | None = None, check_every: int = 10):
     self.flag = False
     self.ckpt = ckpt
+    self.check_every = max(int(check_every), 1)
+    self.installed = False
     self._previous = None
+    if _jax_preemption_service():
+      return
     try:
       self._previous = signal.signal(signal.SIGTERM, self._handler)
+      self.installed = True
     except ValueError:  # not the main thread
-      self._previous = None
+      pass
 
   def _handler(self, signum, frame):
-    del signum, frame
     self.flag = True
+    if callable(self._previous):
+      self._previous(signum, frame)
 
   def requested(self, step: int) -> bool:
+    synced = self.ckpt is not None and self.ckpt.mngr.reached_preemption(step)
     if jax.process_count() == 1:
-      return self.flag
+      return self.flag or bool(synced)
+    if step % self.check_every:
+      return bool(synced)
     from jax.experimental import multihost_utils
     flags = multihost_utils.process_allgather(np.asarray([self.flag], np.int32))
-    synced = self.ckpt is not None and self.ckpt.mngr.reached_preemption(step)
     return bool(np.asarray(flags).any()) or bool(synced)
 
   def restore_handler(self):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    if self.installed:
+      signal.signal(signal.SIGTERM, self._previous if self._previous is not None else signal.SIG_DFL)
+      self.installed = False
 
 
 def debug_kill(step: int, ckpt: Checkpointer | None) -> None:
@@ -211,13 +255,14 @@ def debug_kill(step: int, ckpt: Checkpointer | None) -> None:
 
 def export_hf(model: state_lib.Model, params, out_dir: str, *, dtype: str | None = None,
               tokenizer_dir: str | None = None) -> str | None:
-  """Writes a transformers-loadable folder (process 0; parameters gathered to host)."""
+  """Writes a transformers-loadable folder (process 0; parameters gathered to host NumPy, one array at a time, and
+  never put back on a device: the whole model on one device could exceed its memory)."""
   import tinyrs_jax
   from jax.experimental import multihost_utils
   host = jax.tree.map(np.asarray, multihost_utils.process_allgather(params, tiled=True))
   if jax.process_index() != 0:
     return None
-  module = model.merge(jax.tree.map(jnp.asarray, host))
+  module = model.merge(host)
   path = tinyrs_jax.save_hf(module, out_dir, dtype=dtype or None, source_dir=tokenizer_dir)
   logging.info("exported a Hugging Face folder to %s", path)
   return path

@@ -52,18 +52,24 @@ def train_and_evaluate(config, workdir: str) -> dict:
   data = input_lib.resolve_data(config)
   source = runner.resolve_model(config, workdir, data.tokenizer_dir)
   model = runner.make_model(config, source)
-  if pi == 0 and source.init != "resume":
-    orbax_io.write_marker(workdir, source.cfg, source.tokenizer_dir,
-                          extra={"stage": config.get("stage", ""), "init": source.init, "init_path": source.init_path})
 
   grad_accum = int(config.get("grad_accum_steps", 1))
   if config.batch_size % grad_accum:
     raise ValueError(f"batch_size {config.batch_size} not divisible by grad_accum_steps {grad_accum}")
   micro = config.batch_size // grad_accum
   data_axes = mesh.shape["data"] * mesh.shape["fsdp"]
-  if micro % data_axes or micro % pc:
-    raise ValueError(f"microbatch {micro} (batch_size / grad_accum_steps) must be divisible by the data axes "
-                     f"({data_axes} = data x fsdp) and by the process count ({pc})")
+  input_lib.check_batch_split(micro, data_axes, pc, "microbatch (batch_size / grad_accum_steps)")
+  has_eval = input_lib.has_eval(config, data)
+  if has_eval:
+    input_lib.check_batch_split(input_lib.eval_batch_size(config), data_axes, pc, "eval batch size")
+
+  if pi == 0 and source.init != "resume":
+    tok = None
+    if source.tokenizer_dir:  # copied into the workdir (it moves with it) with the pixel limits trained with
+      image_cfg = input_lib.image_config(config, source.tokenizer_dir)
+      tok = orbax_io.save_tokenizer(workdir, source.tokenizer_dir, image_cfg)
+    orbax_io.write_marker(workdir, source.cfg, tok,
+                          extra={"stage": config.get("stage", ""), "init": source.init, "init_path": source.init_path})
 
   train_it = input_lib.make_iterator(config, data, "train", source.cfg, batch_size=micro,
                                      tokenizer_dir=source.tokenizer_dir, process_index=pi, process_count=pc)
@@ -95,7 +101,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                    log=logging.info)
   eval_every = int(config.eval.get("every_steps", 0))
   eval_data = (input_lib.EvalData(config, data, source.cfg, tokenizer_dir=source.tokenizer_dir, process_index=pi,
-                                  process_count=pc) if input_lib.has_eval(config, data) else None)
+                                  process_count=pc) if has_eval else None)
 
   def run_eval(step):
     t0 = time.time()
@@ -113,7 +119,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   trainable = {g: any(m for l, m in zip(jax.tree.leaves(optim_lib.group_labels(model.abstract_params)),
                                         jax.tree.leaves(opt.mask)) if l == g) for g in optim_lib.GROUPS}
   peak = metrics_lib.peak_flops_per_device(config.get("peak_tflops", 0.0)) * jax.device_count()
-  preempt = runner.Preemption(ckpt)
+  preempt = runner.Preemption(ckpt, check_every=config.checkpoint.get("preemption_check_every", 10))
   timer = metrics_lib.StepTimer()
   log_every = max(int(config.get("log_every_steps", 1)), 1)
   pending = None  # (step, device metrics, host stats) of the step in flight
@@ -183,8 +189,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     train_it.close()
   preempt.restore_handler()
   if not preempted and config.get("export_hf_dir", ""):
+    saved_tok = orbax_io.tokenizer_path(workdir, orbax_io.read_marker(workdir))
     runner.export_hf(model, state.params, config.export_hf_dir, dtype=config.get("export_dtype", "") or None,
-                     tokenizer_dir=source.tokenizer_dir)
+                     tokenizer_dir=saved_tok or source.tokenizer_dir)
   writer.flush()
   writer.close()
   summary = {"step": step, "preempted": preempted, "compiles": step_fn.num_compiles,
