@@ -4,7 +4,9 @@
   --config.<field>=x  overrides any field of the config (a field that does not exist is an error)
   --workdir           checkpoints, metrics.jsonl, TensorBoard events; an existing workdir is resumed
 
-config.trainer picks the trainer module (sft for stages 1-3). Multi-host: every host runs the same command;
+config.trainer picks the trainer module (sft for stages 1-3, grpo for stage 4). Reward weights are config fields
+`rewards.<name>`; a reward a user module registers (config.reward_modules) is weighted the same way, e.g.
+`--config.reward_modules=my_lab.rewards --config.rewards.my_iou=1.0`. Multi-host: every host runs the same command;
 see config.distributed (TPU pods and SLURM are detected, or pass the coordinator explicitly).
 """
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-TRAINERS = {"sft": "tinyrs_jax.train.sft"}  # grpo: added by the GRPO trainer
+TRAINERS = {"sft": "tinyrs_jax.train.sft", "grpo": "tinyrs_jax.train.grpo_trainer"}
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/pretrain.py or configs/pretrain.py:demo. Any field can be "
@@ -41,6 +43,12 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
   config = _CONFIG.value
+  if _REWARD_WEIGHTS:
+    if "rewards" not in config:
+      raise app.UsageError(f"--config.rewards.* given but {config.trainer!r} has no rewards")
+    with config.unlocked():
+      for name, weight in _REWARD_WEIGHTS.items():
+        config.rewards[name] = weight
   if "://" in _WORKDIR.value:
     raise app.UsageError(f"--workdir={_WORKDIR.value}: use a filesystem path every host sees (NFS, Filestore, or "
                          "a bucket mounted with gcsfuse), not a URL")
@@ -56,8 +64,29 @@ def main(argv):
     sys.exit(PREEMPTED_EXIT_CODE)
 
 
+_REWARD_WEIGHTS: dict[str, float] = {}
+
+
+def _take_reward_weights(argv):
+  """`--config.rewards.<name>=<weight>` may name a reward the config does not list yet (one a user module
+  registers), which a locked config refuses: these are taken out of argv and set after parsing."""
+  rest = []
+  for a in argv:
+    if a.startswith("--config.rewards.") and "=" in a:
+      name, value = a[len("--config.rewards."):].split("=", 1)
+      try:
+        _REWARD_WEIGHTS[name] = float(value)
+      except ValueError:
+        sys.stderr.write(f"FATAL config override error: {a}: a reward weight must be a number\n")
+        sys.exit(1)
+    else:
+      rest.append(a)
+  return rest
+
+
 def _parse_flags(argv):
   """absl's flag parsing, with a one-line error for a config override that names no field."""
+  argv = _take_reward_weights(argv)
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:

@@ -136,3 +136,45 @@ def shard_model(model, mesh: Mesh, rules=DEFAULT_RULES):
   state = nnx.state(model)
   nnx.update(model, jax.device_put(state, state_shardings(state, mesh, rules)))
   return model
+
+
+# ------------------------------------------------------------------------------ this process's rows <-> global
+
+def _split_ways(s: NamedSharding) -> int:
+  """Into how many pieces a NamedSharding cuts an array (batch arrays are sharded on their row axis only)."""
+  ways = 1
+  for axes in getattr(s, "spec", ()):
+    for a in (axes if isinstance(axes, tuple) else (axes,)):
+      if a is not None:
+        ways *= s.mesh.shape[a]
+  return ways
+
+
+def host_to_global(x: np.ndarray, s: NamedSharding, what: str = "array") -> jax.Array:
+  """This process's rows -> one global array (rows of all processes concatenated in process order).
+
+  With one process that is a device_put. With several, every process holds different rows, so the sharding must
+  split the rows a multiple of the process count ways: a row axis replicated across processes would silently
+  hold different data on each.
+  """
+  pc = jax.process_count()
+  if pc == 1:
+    return jax.device_put(x, s)
+  ways = _split_ways(s)
+  if ways % pc:
+    raise ValueError(f"{what}: sharding {s.spec} splits the rows {ways} ways, not a multiple of the {pc} processes; "
+                     "each process's rows would land in an array replicated across processes (give the data axes "
+                     "more devices or the batch more rows)")
+  return jax.make_array_from_process_local_data(s, np.asarray(x))
+
+
+def global_to_host(x: jax.Array) -> np.ndarray:
+  """A global array -> this process's rows as NumPy (the inverse of host_to_global): the whole array when this
+  process addresses all of it, else the rows of its addressable shards, in order, each row once."""
+  if x.is_fully_addressable:
+    return np.asarray(jax.device_get(x))
+  pieces: dict[int, np.ndarray] = {}
+  for shard in x.addressable_shards:
+    rows = shard.index[0] if shard.index else slice(None)
+    pieces.setdefault(rows.start or 0, np.asarray(shard.data))
+  return np.concatenate([pieces[k] for k in sorted(pieces)], axis=0)

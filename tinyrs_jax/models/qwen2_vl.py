@@ -99,6 +99,39 @@ class Qwen2VL(nnx.Module):
     h, _ = self.decoder(x, cos, sin, allowed)
     return h
 
+  def completion_hidden_states(self, prompt_ids, prompt_mask, pixel_values, image_grid_thw, completion_ids):
+    """Teacher-forced scoring of sampled completions, G per prompt: the hidden states (N, Lc, D) that predict
+    completion tokens 0..Lc-1 (N = G x prompts; a prompt's G completions are consecutive rows).
+
+    prompt_ids / prompt_mask (B, Lp): left-padded prompts as the sampler saw them; pixel_values / image_grid_thw:
+    the prompts' image slots, run through the vision tower once and shared by the G rows of each prompt;
+    completion_ids (N, Lc). Positions are those the sampler used: M-RoPE ids over the prompt, then text positions
+    continuing from the prompt's last position; a sampled token that happens to be an image id is text here, as
+    it was for the sampler. Tokens after a row's stop token are attended to by nothing before them (causal), so
+    their values do not matter.
+    """
+    b, lp = prompt_ids.shape
+    n, lc = completion_ids.shape
+    if n % b:
+      raise ValueError(f"{n} completions are not a whole number per prompt for {b} prompts")
+    g = n // b
+    prompt_ids = sharding.constrain(prompt_ids, ("batch", "length"))
+    xp = self.embed(prompt_ids, pixel_values, image_grid_thw)  # vision once per prompt
+    pos_p, deltas = self.positions(prompt_ids, prompt_mask, image_grid_thw)  # (3, B, Lp), (B,)
+    next_pos = prompt_mask.sum(axis=1).astype(jnp.int32) + deltas  # what the sampler calls next_pos
+    rep = functools.partial(jnp.repeat, repeats=g, axis=0)
+    xc = jnp.take(self.embed_tokens[...], completion_ids, axis=0).astype(self.dtype)
+    x = jnp.concatenate([rep(xp), xc], axis=1)
+    x = sharding.constrain(x, ("batch", "length", "act_embed"))
+    pos_c = rep(next_pos)[:, None] + jnp.arange(lc, dtype=jnp.int32)[None]
+    pos = jnp.concatenate([jnp.repeat(pos_p, g, axis=1), jnp.broadcast_to(pos_c[None], (3, n, lc))], axis=2)
+    cos, sin = self.rope(pos)
+    length = lp + lc
+    causal = jnp.arange(length)[None, :] <= jnp.arange(length)[:, None]
+    keys = jnp.concatenate([rep(prompt_mask).astype(bool), jnp.ones((n, lc), bool)], axis=1)
+    h, _ = self.decoder(x, cos, sin, causal[None] & keys[:, None, :])
+    return h[:, lp - 1:lp + lc - 1]
+
   def prefill(self, input_ids, attention_mask, pixel_values, image_grid_thw, cache: KVCache):
     """Runs the prompt into cache slots [0, L); returns (hidden (B, L, D), cache, rope deltas (B,))."""
     x = self.embed(input_ids, pixel_values, image_grid_thw)

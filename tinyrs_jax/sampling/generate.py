@@ -143,7 +143,9 @@ def _decode(graphdef, state, cache, first_tokens, first_logprobs, next_pos, star
   i, cache, tokens, logprobs, _, done, lengths = jax.lax.while_loop(
       cond, body, (jnp.int32(1), cache, tokens, logprobs, rng, done, lengths))
   lengths = jnp.where(done, lengths, max_new)
-  return tokens, logprobs, lengths
+  # rows stay where their prompts were: each process reads back its own rows
+  return (sharding.constrain(tokens, ("batch", None)), sharding.constrain(logprobs, ("batch", None)),
+          sharding.constrain(lengths, ("batch",)))
 
 
 def _constrain_cache(cache: KVCache) -> KVCache:
@@ -214,10 +216,11 @@ def generate(model, batch: dict, *, max_new_tokens: int, temperature: float = 0.
   with ctx:
     if mesh is None:
       arrays = {k: jnp.asarray(v) for k, v in static.items()}
-    else:  # rows (image slots) over the data axes where they divide them, replicated where they do not
-      arrays = {k: jax.device_put(v, sharding.named_sharding(
+    else:  # rows (image slots) over the data axes where they divide them, replicated where they do not. With
+      # several processes `batch` holds this process's rows and the global batch is every process's rows in order.
+      arrays = {k: sharding.host_to_global(v, sharding.named_sharding(
           mesh, ("images" if k in ("pixel_values", "image_grid_thw") else "batch",) + (None,) * (v.ndim - 1),
-          v.shape)) for k, v in static.items()}
+          _global_rows(v.shape)), what=f"generate: {k}") for k, v in static.items()}
     cache, first, first_lp, next_pos = _prefill(
         graphdef, state, arrays["input_ids"], arrays["attention_mask"], arrays["pixel_values"],
         arrays["image_grid_thw"], rng_prefill, *scalars, cache_size=cache_size, num_samples=num_samples,
@@ -226,7 +229,11 @@ def generate(model, batch: dict, *, max_new_tokens: int, temperature: float = 0.
         graphdef, state, cache, first, first_lp, next_pos, jnp.int32(prompt_len), jnp.int32(max_new_tokens),
         rng_decode, *scalars, jnp.asarray(eos), jnp.int32(pad_id), buffer=buffer, mode=mode)
   tokens, logprobs = tokens[:, :max_new_tokens], logprobs[:, :max_new_tokens]
-  if not return_device_arrays:
-    tokens, logprobs, lengths = (np.asarray(jax.device_get(x)) for x in (tokens, logprobs, lengths))
+  if not return_device_arrays:  # this process's rows (all rows with one process)
+    tokens, logprobs, lengths = (sharding.global_to_host(x) for x in (tokens, logprobs, lengths))
   return Generation(tokens, logprobs, lengths, prompt_len)
+
+
+def _global_rows(shape) -> tuple:
+  return (shape[0] * jax.process_count(),) + tuple(shape[1:])
 

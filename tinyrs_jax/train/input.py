@@ -17,6 +17,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
+from tinyrs_jax import sharding as sharding_lib
 from tinyrs_jax.models.presets import Qwen2VLConfig
 
 TEXT_KEYS = ("input_ids", "attention_mask", "loss_mask")
@@ -132,31 +133,9 @@ def check_batch_split(batch_size: int, data_axes: int, process_count: int, what:
     raise ValueError(f"{what} {batch_size} must be divisible by the data axes ({data_axes} = data x fsdp)")
 
 
-def _split_ways(sharding) -> int:
-  """Into how many pieces a NamedSharding cuts an array (batch arrays are sharded on their row axis only)."""
-  ways = 1
-  for axes in getattr(sharding, "spec", ()):
-    for a in (axes if isinstance(axes, tuple) else (axes,)):
-      if a is not None:
-        ways *= sharding.mesh.shape[a]
-  return ways
-
-
 def to_global(batch: dict[str, np.ndarray], shardings: dict) -> dict[str, jax.Array]:
   """This process's rows -> global arrays (rows of all processes concatenated in process order)."""
-  out = {}
-  pc = jax.process_count()
-  for k, v in batch.items():
-    s = shardings[k]
-    if pc == 1:
-      out[k] = jax.device_put(v, s)
-      continue
-    ways = _split_ways(s)
-    if ways % pc:
-      raise ValueError(f"{k}: sharding {s.spec} splits the rows {ways} ways, not a multiple of the {pc} processes; "
-                       "each process's rows would land in a replicated array (see check_batch_split)")
-    out[k] = jax.make_array_from_process_local_data(s, v)
-  return out
+  return {k: sharding_lib.host_to_global(v, shardings[k], what=k) for k, v in batch.items()}
 
 
 def global_shape(batch: dict[str, np.ndarray], grad_accum: int = 1) -> dict[str, tuple]:
@@ -206,11 +185,17 @@ def arrays(batch: dict) -> dict[str, np.ndarray]:
   return {k: batch[k] for k in ARRAY_KEYS if k in batch}
 
 
-def _reader_spec(config, path: str) -> tuple:
+def _reader_spec(config, path: str, prompts: bool = False) -> tuple:
   d = config.data
   options = {}
   if d.get("image_root"):
     options["image_root"] = d.image_root
+  if prompts:  # RL prompts: records without an assistant turn are what we want (readers that can require one)
+    import inspect
+    from tinyrs_jax.data import readers
+    reader = readers.READERS.get(d.get("format", "llava"))
+    if reader is not None and "require_assistant" in inspect.signature(reader).parameters:
+      options["require_assistant"] = False
   return (d.get("format", "llava"), path, options)
 
 
@@ -321,5 +306,56 @@ class EvalData:
       if 0 <= self.num_batches <= i:
         break
       yield arrays(b)
+    if hasattr(it, "close"):
+      it.close()
+
+
+# ------------------------------------------------------------------------------------------- prompts (GRPO)
+
+PROMPT_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")
+
+
+def make_prompt_iterator(config, spec: DataSpec, *, batch_size: int, tokenizer_dir: str | None = None,
+                         process_index: int = 0, process_count: int = 1):
+  """This process's share of global batches of `batch_size` left-padded prompts with their metadata (the
+  pipeline's "prompt" mode), endless and shuffled by the seed; bad records are refilled (counted)."""
+  if spec.source != "pipeline":
+    raise ValueError("GRPO needs prompts with verifiable answers: data.source must be 'pipeline'")
+  from tinyrs_jax.data import pipeline
+  return pipeline.make_dataset(_reader_spec(config, spec.train_path, prompts=True),
+                               _processor(config, tokenizer_dir or spec.tokenizer_dir), global_batch_size=batch_size,
+                               seed=int(config.seed), mode="prompt", num_epochs=None, shuffle=True,
+                               process_index=process_index, process_count=process_count, bad_rows="resample",
+                               **_pipeline_kwargs(config))
+
+
+class EvalPrompts:
+  """The validation prompts in file order, identical at every evaluation (records read once; bad records and
+  the last batch's missing rows become padding rows, meta is_padding=True); at most `num_prompts` (-1: all)."""
+
+  def __init__(self, config, spec: DataSpec, *, batch_size: int, num_prompts: int = -1,
+               tokenizer_dir: str | None = None, process_index: int = 0, process_count: int = 1):
+    from tinyrs_jax.data import pipeline
+    from tinyrs_jax.data.records import SkipCounter
+    if not spec.val_path:
+      raise ValueError("held-out evaluation needs data.val (a prompts file with answers)")
+    self.config, self.batch_size, self.num_prompts = config, batch_size, int(num_prompts)
+    self.pi, self.pc = process_index, process_count
+    self.records = pipeline.load_source(_reader_spec(config, spec.val_path, prompts=True),
+                                       SkipCounter(name="eval"))
+    if self.num_prompts >= 0:
+      self.records = self.records[:self.num_prompts]
+    self.processor = _processor(config, tokenizer_dir or spec.tokenizer_dir)
+
+  def __len__(self) -> int:
+    return len(self.records)
+
+  def __iter__(self):
+    from tinyrs_jax.data import pipeline
+    it = pipeline.make_dataset(self.records, self.processor, global_batch_size=self.batch_size, seed=0,
+                               mode="prompt", num_epochs=1, shuffle=False, process_index=self.pi,
+                               process_count=self.pc, bad_rows="pad", drop_remainder=False,
+                               **_pipeline_kwargs(self.config))
+    yield from it
     if hasattr(it, "close"):
       it.close()

@@ -55,26 +55,37 @@ def loss_names() -> list[str]:
 
 # ------------------------------------------------------------------------------------------- log-probs
 
-def _chunk_logits(h, wt, dtype):
-  """h (B, C, D), wt (V, D) -> fp32 logits (B*C, V) = h @ wt.T, one 2-D matmul.
+def _chunk_logits(h, wt, dtype, temperature=1.0):
+  """h (B, C, D), wt (V, D) -> fp32 logits (B*C, V) = h @ wt.T / temperature, one 2-D matmul.
 
   The head is used as (V, D): for tied embeddings that is the embedding table itself, so neither pass copies
-  a transposed vocabulary-sized matrix (the transposes around this function cancel under XLA).
+  a transposed vocabulary-sized matrix (the transposes around this function cancel under XLA). The fp32 logits
+  are divided by the temperature exactly as the sampler divides them (sampling/generate.py), so a rollout's
+  log-probs and the trainer's agree to rounding.
   """
   h2 = h.reshape(-1, h.shape[-1]).astype(dtype)
-  return jax.lax.dot_general(h2, wt.astype(dtype), (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+  logits = jax.lax.dot_general(h2, wt.astype(dtype), (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+  return logits if temperature == 1.0 else logits / jnp.float32(temperature)
 
 
-def _chunk_logprob(h, wt, t, dtype):
-  logits = _chunk_logits(h, wt, dtype)
+def _chunk_logprob(h, wt, t, dtype, temperature, with_entropy):
+  """(log p(t), entropy or zeros) per position of one chunk, both fp32 of shape t.shape."""
+  logits = _chunk_logits(h, wt, dtype, temperature)
+  lse = jax.nn.logsumexp(logits, axis=-1)
   picked = jnp.take_along_axis(logits, t.reshape(-1, 1), axis=-1)[:, 0]
-  return (picked - jax.nn.logsumexp(logits, axis=-1)).reshape(t.shape)
+  if with_entropy:
+    entropy = lse - jnp.sum(jnp.exp(logits - lse[:, None]) * logits, axis=-1)
+  else:
+    entropy = jnp.zeros_like(lse)
+  return (picked - lse).reshape(t.shape), entropy.reshape(t.shape)
 
 
-def _chunk_grads(h, wt, t, m, g, dtype):
-  """(dh (B, C, D), dwt (V, D)) of sum(g * logp(t)) over one chunk: d/dlogits = g * (onehot(t) - softmax)."""
-  logits = _chunk_logits(h, wt, dtype)
+def _chunk_grads(h, wt, t, m, g, dtype, temperature):
+  """(dh (B, C, D), dwt (V, D)) of sum(g * logp(t)) over one chunk: d/dlogits = g * (onehot(t) - softmax) / T."""
+  logits = _chunk_logits(h, wt, dtype, temperature)
   gm = jnp.where(m, g, 0.0).reshape(-1, 1)
+  if temperature != 1.0:
+    gm = gm / jnp.float32(temperature)
   dlogits = -jax.nn.softmax(logits, axis=-1) * gm
   dlogits = dlogits.at[jnp.arange(dlogits.shape[0]), t.reshape(-1)].add(gm[:, 0]).astype(dtype)
   h2 = h.reshape(-1, h.shape[-1]).astype(dtype)
@@ -83,30 +94,33 @@ def _chunk_grads(h, wt, t, m, g, dtype):
   return dh.reshape(h.shape).astype(h.dtype), dwt
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _chunks_logprob(hs, w, ts, ms, dtype):
-  """hs (n, B, c, D), w (D, V), ts and ms (n, B, c) -> log p(ts) (n, B, c), 0 where not ms; chunks without
-  any ms are skipped."""
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _chunks_logprob(hs, w, ts, ms, dtype, temperature, with_entropy):
+  """hs (n, B, c, D), w (D, V), ts and ms (n, B, c) -> (log p(ts), entropy), each (n, B, c), 0 where not ms;
+  chunks without any ms are skipped. The entropy is a diagnostic: it is not differentiated."""
   wt = w.T
 
   def body(_, xs):
     h, t, m = xs
-    lp = jax.lax.cond(jnp.any(m), lambda: _chunk_logprob(h, wt, t, dtype), lambda: jnp.zeros(t.shape, jnp.float32))
-    return None, jnp.where(m, lp, 0.0)
+    zeros = jnp.zeros(t.shape, jnp.float32)
+    lp, ent = jax.lax.cond(jnp.any(m), lambda: _chunk_logprob(h, wt, t, dtype, temperature, with_entropy),
+                            lambda: (zeros, zeros))
+    return None, (jnp.where(m, lp, 0.0), jnp.where(m, ent, 0.0))
 
   return jax.lax.scan(body, None, (hs, ts, ms))[1]
 
 
-def _chunks_fwd(hs, w, ts, ms, dtype):
-  return _chunks_logprob(hs, w, ts, ms, dtype), (hs, w, ts, ms)
+def _chunks_fwd(hs, w, ts, ms, dtype, temperature, with_entropy):
+  return _chunks_logprob(hs, w, ts, ms, dtype, temperature, with_entropy), (hs, w, ts, ms)
 
 
-def _chunks_bwd(dtype, res, g):
+def _chunks_bwd(dtype, temperature, with_entropy, res, cotangents):
   """Recomputes each chunk's logits (the first chunk, which holds selected positions whenever any row has
   one, seeds the weight gradient; the others are skipped when they hold none)."""
   hs, w, ts, ms = res
+  g = cotangents[0]  # the entropy's cotangent is ignored (not differentiated)
   wt = w.T
-  dh0, dwt = _chunk_grads(hs[0], wt, ts[0], ms[0], g[0], dtype)
+  dh0, dwt = _chunk_grads(hs[0], wt, ts[0], ms[0], g[0], dtype, temperature)
   if hs.shape[0] == 1:
     return dh0[None], dwt.T.astype(w.dtype), None, None
 
@@ -114,7 +128,7 @@ def _chunks_bwd(dtype, res, g):
     h, t, m, gc = xs
 
     def grads(dwt):
-      dh, d = _chunk_grads(h, wt, t, m, gc, dtype)
+      dh, d = _chunk_grads(h, wt, t, m, gc, dtype, temperature)
       return dwt + d, dh
 
     return jax.lax.cond(jnp.any(m), grads, lambda dwt: (dwt, jnp.zeros_like(h)), dwt)
@@ -127,14 +141,20 @@ _chunks_logprob.defvjp(_chunks_fwd, _chunks_bwd)
 
 
 def chunked_logprobs(hidden: jax.Array, head: jax.Array, targets: jax.Array, mask: jax.Array, *,
-                     chunk_size: int = 256, dtype=None) -> jax.Array:
-  """log p(targets) under softmax(hidden @ head) where mask is set, 0 elsewhere; (B, L) fp32.
+                     chunk_size: int = 256, dtype=None, temperature: float = 1.0,
+                     with_entropy: bool = False):
+  """log p(targets) under softmax(hidden @ head / temperature) where mask is set, 0 elsewhere; (B, L) fp32.
 
   hidden (B, L, D), head (D, V), targets (B, L) int, mask (B, L). Differentiable in hidden and head (a custom
   VJP recomputes each chunk's logits in the backward pass: nothing of size vocab is kept between passes).
+  temperature (a Python float) divides the fp32 logits as the sampler does. with_entropy: also return the
+  entropy of that distribution at each selected position (B, L), for monitoring only (no gradient).
   """
   b, l, d = hidden.shape
   dtype = dtype or hidden.dtype
+  temperature = float(temperature)
+  if not temperature > 0:
+    raise ValueError(f"temperature must be > 0 for log-probs, got {temperature}")
   mask = mask.astype(bool)
   c = max(1, min(int(chunk_size), l))
   n = -(-l // c)
@@ -148,10 +168,13 @@ def chunked_logprobs(hidden: jax.Array, head: jax.Array, targets: jax.Array, mas
     ts = jnp.pad(ts, ((0, 0), (0, pad)))
     ms = jnp.pad(ms, ((0, 0), (0, pad)))
   chunks = lambda x: jnp.moveaxis(x.reshape((b, n, c) + x.shape[2:]), 1, 0)  # (n, B, c, ...)
-  lps = _chunks_logprob(chunks(hs), head, chunks(ts), chunks(ms), jnp.dtype(dtype))
-  lps = jnp.moveaxis(lps, 0, 1).reshape(b, n * c)[:, :l]
+  lps, ents = _chunks_logprob(chunks(hs), head, chunks(ts), chunks(ms), jnp.dtype(dtype), temperature,
+                                 bool(with_entropy))
   inverse = jnp.argsort(order, axis=1)
-  return jnp.take_along_axis(lps, inverse, axis=1)
+  unchunk = lambda x: jnp.take_along_axis(jnp.moveaxis(x, 0, 1).reshape(b, n * c)[:, :l], inverse, axis=1)
+  if with_entropy:
+    return unchunk(lps), jax.lax.stop_gradient(unchunk(ents))
+  return unchunk(lps)
 
 
 def plain_logprobs(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
@@ -187,3 +210,47 @@ def next_token_ce(model, batch, rng=None, *, chunk_size: int = 256) -> LossOutpu
   nll = -jnp.sum(lp)
   count = jnp.sum(mask).astype(jnp.float32)
   return LossOutput(loss=nll, weight=count, metrics={})
+
+
+# ------------------------------------------------------------------------------------------------- GRPO
+
+def completion_logprobs(model, batch, *, temperature: float = 1.0, chunk_size: int = 256, with_entropy=False):
+  """log p(completion token) under the model at `temperature`, (N, Lc) fp32 (0 outside completion_mask): the
+  teacher-forced pass over a GRPO batch (see `grpo_loss`), with the sampler's positions and temperature."""
+  h = model.completion_hidden_states(batch["prompt_ids"], batch["prompt_mask"], batch.get("pixel_values"),
+                                     batch.get("image_grid_thw"), batch["completion_ids"])
+  return chunked_logprobs(h, model.head_weight(), batch["completion_ids"], batch["completion_mask"],
+                          chunk_size=chunk_size, dtype=model.dtype, temperature=temperature,
+                          with_entropy=with_entropy)
+
+
+@register_loss("grpo")
+def grpo_loss(model, batch, rng=None, *, loss_type: str = "grpo", epsilon_low: float = 0.2,
+              epsilon_high: float = 0.2, delta: float = 0.0, beta: float = 0.0,
+              importance_sampling_level: str = "token", max_completion_length: int = 0, temperature: float = 1.0,
+              chunk_size: int = 256) -> LossOutput:
+  """The GRPO policy loss on a batch of G completions per prompt (train/grpo.py's `policy_loss_terms`).
+
+  batch: prompt_ids, prompt_mask (B, Lp) left-padded prompts; pixel_values, image_grid_thw their image slots
+  (shared by each prompt's G rows); completion_ids, completion_mask (N = B x G, Lc); advantages (N,);
+  optionally old_logps (N, Lc) (absent: one update per rollout, the current log-probs detached), ref_logps
+  (N, Lc) (when beta > 0) and sampler_logps (N, Lc) (the rollout's own log-probs, for the
+  `sampling/logprob_abs_diff` diagnostic). delta <= 0 means no two-sided clipping.
+  """
+  del rng
+  from tinyrs_jax.train import grpo as grpo_lib
+  logps, entropy = completion_logprobs(model, batch, temperature=temperature, chunk_size=chunk_size,
+                                       with_entropy=True)
+  mask = batch["completion_mask"]
+  loss_sum, weight, sums, tokens = grpo_lib.policy_loss_terms(
+      logps, batch.get("old_logps"), batch.get("ref_logps"), batch["advantages"], mask, loss_type=loss_type,
+      epsilon_low=epsilon_low, epsilon_high=epsilon_high, delta=delta if delta and delta > 0 else None,
+      beta=beta, importance_sampling_level=importance_sampling_level,
+      max_completion_length=max_completion_length or None)
+  m = mask.astype(jnp.float32)
+  sums = dict(sums)
+  sums["entropy"] = jnp.sum(entropy * m)
+  if "sampler_logps" in batch:
+    sums["sampling/logprob_abs_diff"] = jnp.sum(jnp.abs(jax.lax.stop_gradient(logps) - batch["sampler_logps"]) * m)
+  metrics = {**sums, **{k + "__den": tokens for k in sums}}  # token means, whatever the loss's weight
+  return LossOutput(loss=loss_sum, weight=weight, metrics=metrics)

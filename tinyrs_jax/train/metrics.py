@@ -93,6 +93,14 @@ class MetricsWriter:
         if k != "step" and isinstance(v, (int, float)) and np.isfinite(v):
           tb.add_scalar(k, v, int(step))
 
+  def write_text(self, step: int, tag: str, text: str) -> None:
+    """A markdown text entry in TensorBoard (e.g. a table of sample completions)."""
+    if not self.enabled:
+      return
+    tb = self._writer()
+    if tb is not None:
+      tb.add_text(tag, text, int(step))
+
   def flush(self) -> None:
     if self._file is not None:
       self._file.flush()

@@ -46,6 +46,12 @@ def group_labels(params) -> Any:
   return map_with_path(lambda path, _: param_group(path), params)
 
 
+def trainable_groups(params, mask) -> dict[str, bool]:
+  """group -> whether any of its parameters trains under `mask` (for FLOP counts and logs)."""
+  labels, flags = jax.tree.leaves(group_labels(params)), jax.tree.leaves(mask)
+  return {g: any(m for l, m in zip(labels, flags) if l == g) for g in GROUPS}
+
+
 def parse_groups(value) -> tuple[str, ...]:
   """'vision,merger' or a sequence -> validated tuple of group names."""
   if value is None:

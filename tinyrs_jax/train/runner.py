@@ -106,6 +106,29 @@ def make_model(config, source: ModelSource) -> state_lib.Model:
                               remat_policy=m.get("remat_policy", "none"))
 
 
+def write_marker(config, workdir: str, source: ModelSource) -> None:
+  """A fresh workdir records what it is (model config, stage, where it started) and, from process 0, gets a copy
+  of the tokenizer with the pixel limits it is trained with (the workdir then moves with its tokenizer)."""
+  if jax.process_index() != 0 or source.init == "resume":
+    return
+  tok = None
+  if source.tokenizer_dir:
+    from tinyrs_jax.train import input as input_lib
+    image_cfg = input_lib.image_config(config, source.tokenizer_dir)
+    tok = orbax_io.save_tokenizer(workdir, source.tokenizer_dir, image_cfg)
+  orbax_io.write_marker(workdir, source.cfg, tok,
+                        extra={"stage": config.get("stage", ""), "init": source.init, "init_path": source.init_path})
+
+
+def finished_before(workdir: str, start: int, total_steps: int, ckpt: "Checkpointer", train_it, t_start: float) -> dict:
+  """The summary of a run that was already finished when (re)started: nothing is trained."""
+  logging.info("%s already finished (step %d of %d): nothing to do", workdir, start, total_steps)
+  ckpt.close()
+  if hasattr(train_it, "close"):
+    train_it.close()
+  return {"step": start, "preempted": False, "compiles": 0, "finished_before": True, "seconds": time.time() - t_start}
+
+
 # ----------------------------------------------------------------------------------------- initial state
 
 def _put_global(x: np.ndarray, sharding) -> jax.Array:

@@ -191,13 +191,28 @@ def make_train_step(model: Model, opt: optim_lib.Optimizer, loss_fn: Callable[..
     new_trainable, opt_state = jax.lax.cond(skip, lambda _: (trainable, state.opt_state), update, None)
     params = optim_lib.merge_trainable(new_trainable, frozen)
     metrics = {"loss": out.loss / weight, "grad_norm": grad_norm, "weight": out.weight,
-               "skipped": skip.astype(jnp.float32), **{k: v / weight for k, v in out.metrics.items()}}
+               "skipped": skip.astype(jnp.float32), **report_metrics(out.metrics, weight)}
     for g, sched in opt.schedules.items():
       metrics[f"lr/{g}"] = jnp.asarray(sched(state.step), jnp.float32)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     return new_state, metrics
 
   return step
+
+
+DEN_SUFFIX = "__den"
+
+
+def report_metrics(sums: dict, weight) -> dict:
+  """Metric sums -> reported values: `x` divided by the sum of `x__den` when the loss gives one (e.g. a token mean
+  under a sequence-weighted loss), else by the loss's total weight."""
+  out = {}
+  for k, v in sums.items():
+    if k.endswith(DEN_SUFFIX):
+      continue
+    den = sums.get(k + DEN_SUFFIX)
+    out[k] = v / (weight if den is None else jnp.maximum(den, 1e-9))
+  return out
 
 
 def make_eval_step(model: Model, loss_fn: Callable[..., LossOutput]):

@@ -1,0 +1,476 @@
+"""The GRPO trainer (stage 4): rollout -> rewards -> group advantages -> policy updates, on the SFT stages' mesh.
+
+    python -m tinyrs_jax.main --config=configs/grpo.py:demo --workdir=/tmp/tinyrs/grpo
+
+One GRPO step, for `batch_size` prompts (global) and G = grpo.num_generations:
+  1. rollout   the prompts (left-padded, with their images and metadata) are sampled G times each by the
+               generation engine from the policy's current parameters, in place on the mesh (one prefill per
+               prompt, its KV cache reused by the G samples); every process gets back its own prompts' rows;
+  2. rewards   each process decodes and scores its completions with the configured rewards (host side, parsed,
+               never evaluated); rewards are all-gathered, so every process computes the same group advantages
+               (train/grpo.py) and the same metrics;
+  3. batch     prompt + completion rows, the prompts' image slots shared by their G rows, the completion mask
+               from the lengths (optionally zero for truncated completions), advantages, the sampler's
+               log-probs; split into grad_accum_steps microbatches of whole prompts;
+  4. scoring   reference log-probs from the frozen initial model (beta > 0) and, when num_iterations > 1,
+               old-policy log-probs, both by the training forward at the sampling temperature;
+  5. update    num_iterations (mu) optimizer steps on that batch with the registered "grpo" loss.
+Everything around the step (metrics pipelining, checkpoints, evaluation cadence, SIGTERM, the kill hook,
+export) is train/loop.py's, shared with the SFT trainer. A restart resumes exactly: the data iterator is saved
+with each checkpoint and the rollout's randomness follows (seed, step).
+
+Held-out evaluation (at the start, every eval.every_steps and at the end): greedy completions for the validation
+prompts, scored by the same rewards: eval/reward, eval/rewards/<name>, eval/accuracy/<task>. A health monitor
+(train/grpo_monitor.py) warns once per condition when a run goes wrong.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from tinyrs_jax import sharding as sharding_lib
+from tinyrs_jax.sampling import generate as gen_lib
+from tinyrs_jax.train import grpo as grpo_lib
+from tinyrs_jax.train import grpo_monitor
+from tinyrs_jax.train import input as input_lib
+from tinyrs_jax.train import loop
+from tinyrs_jax.train import losses as losses_lib
+from tinyrs_jax.train import metrics as metrics_lib
+from tinyrs_jax.train import optimizer as optim_lib
+from tinyrs_jax.train import runner
+from tinyrs_jax.train import state as state_lib
+
+SCORE_KEYS = ("prompt_ids", "prompt_mask", "pixel_values", "image_grid_thw", "completion_ids", "completion_mask")
+SAMPLES_FILE = "samples.jsonl"
+
+
+# ------------------------------------------------------------------------------------------------ rewards
+
+def reward_setup(config) -> tuple[dict[str, float], dict[str, dict]]:
+  """(weights of the rewards in use, options per reward) from config.rewards / config.reward_options, after
+  importing the user's reward modules (config.reward_modules) so their rewards are registered."""
+  from tinyrs_jax import rewards as rewards_lib
+  if config.get("reward_modules", ""):
+    rewards_lib.load_reward_modules(config.reward_modules)
+  weights = {k: float(v) for k, v in config.rewards.items() if float(v) != 0.0}
+  if not weights:
+    raise ValueError("every reward weight is 0: set e.g. --config.rewards.accuracy=1.0")
+  for name in weights:
+    rewards_lib.get_reward(name)  # unknown names fail here, before any compile
+  options = {k: dict(v) for k, v in config.get("reward_options", {}).items()}
+  tags = {"think_tag": config.grpo.think_tag, "answer_tag": config.grpo.answer_tag}
+  options.setdefault("format", {}).update({k: v for k, v in tags.items() if k not in options["format"]})
+  options.setdefault("accuracy", {}).setdefault("answer_tag", config.grpo.answer_tag)
+  options.setdefault("iou_threshold", {}).setdefault("answer_tag", config.grpo.answer_tag)
+  return weights, options
+
+
+def _eval_rewards(weights: dict[str, float]) -> dict[str, float]:
+  """Held-out evaluation also reports format and accuracy when their training weight is 0."""
+  return {"format": 0.0, "accuracy": 0.0, **weights}
+
+
+# ------------------------------------------------------------------------------------------ the demo policy
+
+def ensure_demo_policy(config) -> str:
+  """The GRPO demo's starting policy: the three demo SFT stages (configs/{pretrain,instruct,cot}.py:demo), run
+  once into a cache folder keyed by their configs and the synthetic data's version, then reused."""
+  from tinyrs_jax.data import demo_tokenizer, synthetic
+  from tinyrs_jax.train import sft
+  configs_dir = config.init.demo_configs_dir
+  stages = []
+  for stage in ("pretrain", "instruct", "cot"):
+    path = os.path.join(configs_dir, f"{stage}.py")
+    spec = importlib.util.spec_from_file_location(f"_tinyrs_demo_{stage}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    stages.append((stage, module.get_config("demo")))
+  key = hashlib.sha1(json.dumps([synthetic.GENERATOR_VERSION, demo_tokenizer.TOKENIZER_VERSION]
+                                + [c.to_json_best_effort(sort_keys=True) for _, c in stages]).encode()).hexdigest()[:12]
+  root = os.path.join(demo_tokenizer.default_cache_root(), f"demo-policy-{key}")
+  final = os.path.join(root, "cot")
+  t0 = time.time()
+  prev = ""
+  for stage, c in stages:
+    workdir = os.path.join(root, stage)
+    c.init.workdir = prev
+    if not os.path.exists(os.path.join(workdir, "DONE")):
+      logging.info("demo starting policy: running the %s demo stage into %s", stage, workdir)
+      summary = sft.train_and_evaluate(c, workdir)
+      if summary.get("preempted"):
+        raise RuntimeError(f"the {stage} demo stage was preempted; rerun to continue it")
+      if jax.process_index() == 0:
+        with open(os.path.join(workdir, "DONE"), "w") as f:
+          f.write("ok\n")
+    prev = workdir
+  logging.info("demo starting policy: %s (the demo SFT stages, cached; %.0fs)", final, time.time() - t0)
+  return final
+
+
+# ------------------------------------------------------------------------------------------------- pieces
+
+def grpo_loss_kwargs(config) -> dict:
+  g = config.grpo
+  return dict(loss_type=g.loss_type, epsilon_low=float(g.epsilon_low), epsilon_high=float(g.epsilon_high),
+              delta=float(g.delta), beta=float(g.beta), importance_sampling_level=g.importance_sampling_level,
+              max_completion_length=int(g.max_new_tokens), temperature=float(g.temperature),
+              chunk_size=int(config.loss.chunk_size))
+
+
+def make_score_fn(model: state_lib.Model, *, temperature: float, chunk_size: int, grad_accum: int):
+  """`score(params, batch) -> log-probs (N, Lc)` of the completions (per microbatch when grad_accum > 1)."""
+  def score(params, batch):
+    m = model.merge(params)
+    f = lambda mb: losses_lib.completion_logprobs(m, mb, temperature=temperature, chunk_size=chunk_size)
+    return f(batch) if grad_accum == 1 else jax.lax.map(f, batch)
+  return score
+
+
+def split_microbatches(batch: dict[str, np.ndarray], k: int) -> dict[str, np.ndarray]:
+  """Whole prompts per microbatch: every array's leading axis (prompts, completions, image slots) cut in k."""
+  if k == 1:
+    return batch
+  for key, v in batch.items():
+    if v.shape[0] % k:
+      raise ValueError(f"{key}: {v.shape[0]} rows do not split into {k} microbatches")
+  return {key: np.stack(np.split(v, k, axis=0)) for key, v in batch.items()}
+
+
+def gather_rows(x: np.ndarray) -> np.ndarray:
+  """Every process's rows of a host array, in process order (this process's alone with one process)."""
+  x = np.asarray(x)
+  if jax.process_count() == 1:
+    return x
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x)).reshape((-1,) + x.shape[1:])
+
+
+class Completions:
+  """Decodes rollouts: text without the stop token, and which completions were cut at the length limit."""
+
+  def __init__(self, tokenizer_dir: str, eos_ids, max_new_tokens: int):
+    from tinyrs_jax.data.tokenizer import Tokenizer
+    self.tokenizer = Tokenizer.from_folder(tokenizer_dir)
+    self.eos = set(int(e) for e in eos_ids)
+    self.max_new_tokens = max_new_tokens
+
+  def decode(self, gen: gen_lib.Generation) -> tuple[list[str], np.ndarray, np.ndarray]:
+    texts, truncated = [], np.zeros(len(gen.lengths), bool)
+    for r, (row, n) in enumerate(zip(gen.tokens, gen.lengths)):
+      ids = [int(t) for t in row[:int(n)]]
+      if ids and ids[-1] in self.eos:
+        ids = ids[:-1]
+      else:
+        truncated[r] = True
+      texts.append(self.tokenizer.decode(ids, skip_special_tokens=False))
+    return texts, np.asarray(gen.lengths, np.int32), truncated
+
+
+def completion_stats(lengths: np.ndarray, truncated: np.ndarray, prefix: str = "completions/") -> dict[str, float]:
+  term = lengths[~truncated]
+  out = {f"{prefix}mean_length": float(lengths.mean()), f"{prefix}min_length": float(lengths.min()),
+         f"{prefix}max_length": float(lengths.max()), f"{prefix}clipped_ratio": float(truncated.mean())}
+  out[f"{prefix}mean_terminated_length"] = float(term.mean()) if len(term) else 0.0
+  out[f"{prefix}min_terminated_length"] = float(term.min()) if len(term) else 0.0
+  out[f"{prefix}max_terminated_length"] = float(term.max()) if len(term) else 0.0
+  return out
+
+
+def reward_stats(total: np.ndarray, comps: dict[str, np.ndarray], group_size: int) -> dict[str, float]:
+  """TRL's reward metrics: reward, reward_std (mean of the groups' stds), rewards/<name>/mean|std,
+  frac_reward_zero_std (groups with nothing to learn from)."""
+  groups = total.reshape(-1, group_size)
+  std = groups.std(axis=1, ddof=1) if group_size > 1 else np.zeros(len(groups))
+  out = {"reward": float(total.mean()), "reward_std": float(std.mean()),
+         "frac_reward_zero_std": float(np.isclose(std, 0.0).mean())}
+  for name, v in comps.items():
+    out[f"rewards/{name}/mean"] = float(v.mean())
+    out[f"rewards/{name}/std"] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+  return out
+
+
+def grpo_progress_line(step: int, total: int, m: dict, eta_s: float | None = None) -> str:
+  parts = [f"step {step}/{total}", f"reward {m.get('reward', 0):.3f} (std {m.get('reward_std', 0):.3f})"]
+  for k in sorted(m):
+    if k.startswith("rewards/") and k.endswith("/mean"):
+      parts.append(f"{k[8:-5]} {m[k]:.3f}")
+  parts.append(f"kl {m.get('kl', 0):.4f}")
+  parts.append(f"len {m.get('completions/mean_length', 0):.0f} (cut {100 * m.get('completions/clipped_ratio', 0):.0f}%)")
+  if "grad_norm" in m:
+    parts.append(f"gnorm {m['grad_norm']:.3f}")
+  if m.get("step_time_s"):
+    parts.append(f"{m['step_time_s']:.2f} s/step (rollout {m.get('rollout_time_s', 0):.2f})")
+  if m.get("rollout_tokens_per_s"):
+    parts.append(f"{m['rollout_tokens_per_s']:.0f} gen tok/s")
+  if eta_s is not None:
+    parts.append(f"ETA {metrics_lib.format_eta(eta_s)}")
+  return " | ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------- reference
+
+def load_reference(config, source: runner.ModelSource, workdir: str, model: state_lib.Model, shardings,
+                   compute_dtype) -> dict:
+  """The frozen reference: the run's initial parameters (also when resuming), held once in the compute dtype,
+  sharded like the policy."""
+  from tinyrs_jax.checkpoint import orbax_io
+  if source.init == "resume":
+    marker = orbax_io.read_marker(workdir)
+    init, path = marker.get("init", "random"), marker.get("init_path")
+    source = runner.ModelSource(source.cfg, source.tokenizer_dir, init, path)
+  cast_sh = jax.tree.map(lambda a, s: s, model.abstract_params, shardings.params)
+  cast = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(compute_dtype), p), in_shardings=(cast_sh,),
+                 out_shardings=cast_sh, donate_argnums=0)
+  if source.init in ("workdir", "hf"):
+    params = runner.load_init_params(source, model, shardings, config.init.get("step", -1))
+  else:  # random init: the same draw as state_lib.init_state
+    pkey = jax.random.split(jax.random.PRNGKey(int(config.seed)))[0]
+    params = jax.jit(model.build, out_shardings=shardings.params)(pkey)
+  logging.info("reference model: %s (%s), held in %s", source.init_path or "random init", source.init,
+               jnp.dtype(compute_dtype).name)
+  return cast(params)
+
+
+# ------------------------------------------------------------------------------------------------ trainer
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Runs (or resumes) the GRPO stage described by `config` in `workdir`; returns a small summary."""
+  from tinyrs_jax import rewards as rewards_lib
+  t_start = time.time()
+  os.makedirs(workdir, exist_ok=True)
+  g = config.grpo
+  weights, reward_options = reward_setup(config)
+  mesh = runner.make_mesh(config)
+  pi, pc = jax.process_index(), jax.process_count()
+
+  from tinyrs_jax.checkpoint import orbax_io
+  resuming = orbax_io.latest_step(workdir) is not None
+  if (not resuming and config.data.get("demo", False) and not config.init.get("workdir")
+      and not config.init.get("hf_dir") and config.init.get("demo_configs_dir")):
+    config.init.workdir = ensure_demo_policy(config)
+  data = input_lib.resolve_data(config)
+  source = runner.resolve_model(config, workdir, data.tokenizer_dir)
+  model = runner.make_model(config, source)
+  if not source.tokenizer_dir:
+    raise ValueError("GRPO decodes completions: it needs a tokenizer (data.tokenizer_dir or the init checkpoint's)")
+
+  group = int(g.num_generations)
+  if group < 2:
+    raise ValueError(f"grpo.num_generations must be >= 2 (advantages are relative to the group), got {group}")
+  max_new = int(g.max_new_tokens)
+  mu = int(g.num_iterations)
+  beta = float(g.beta)
+  temperature = float(g.temperature)
+  if temperature <= 0:
+    raise ValueError("grpo.temperature must be > 0 (GRPO samples; evaluation is greedy)")
+  grad_accum = int(config.get("grad_accum_steps", 1))
+  if config.batch_size % grad_accum:
+    raise ValueError(f"batch_size {config.batch_size} (prompts) not divisible by grad_accum_steps {grad_accum}")
+  data_axes = mesh.shape["data"] * mesh.shape["fsdp"]
+  input_lib.check_batch_split(config.batch_size, data_axes, pc, "batch_size (prompts per step)")
+  input_lib.check_batch_split(config.batch_size // grad_accum, data_axes, pc,
+                              "prompts per microbatch (batch_size / grad_accum_steps)")
+  eval_bs = int(config.eval.get("batch_size", 0) or config.batch_size)
+  has_eval = bool(data.val_path) and int(config.eval.get("num_prompts", -1)) != 0
+  if has_eval:
+    input_lib.check_batch_split(eval_bs, data_axes, pc, "eval batch size")
+
+  runner.write_marker(config, workdir, source)
+  prompt_it = input_lib.make_prompt_iterator(config, data, batch_size=config.batch_size,
+                                             tokenizer_dir=source.tokenizer_dir, process_index=pi, process_count=pc)
+  total_steps = input_lib.total_steps(config, data, config.batch_size, prompt_it)
+  opt = optim_lib.make_optimizer(config.optim, model.abstract_params, total_steps * mu)
+  shardings = state_lib.state_shardings(model, opt, mesh)
+  ckpt = runner.Checkpointer(workdir, every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep,
+                             async_save=config.checkpoint.get("async_save", True))
+  state, data_state = runner.initial_state(config, source, model, opt, shardings, ckpt, int(config.seed))
+  if data_state is not None:
+    prompt_it.set_state(data_state)
+  start = int(jax.device_get(state.step)) // mu  # mu optimizer steps per GRPO step
+  if start >= total_steps:
+    return runner.finished_before(workdir, start, total_steps, ckpt, prompt_it, t_start)
+
+  compute_dtype = jnp.dtype(model.kwargs["dtype"]) if not isinstance(model.kwargs["dtype"], str) else \
+      jnp.dtype({"bfloat16": jnp.bfloat16, "float32": jnp.float32, "float16": jnp.float16}[model.kwargs["dtype"]])
+  ref_params = load_reference(config, source, workdir, model, shardings, compute_dtype) if beta != 0 else None
+
+  writer = metrics_lib.MetricsWriter(workdir)
+  if start > 0:
+    writer.truncate_after(start)
+  loss_kwargs = grpo_loss_kwargs(config)
+  loss = losses_lib.get_loss(config.loss.name)
+  step_fn = state_lib.CompiledStep(
+      state_lib.make_train_step(model, opt, lambda m, b, r: loss(m, b, r, **loss_kwargs), grad_accum=grad_accum),
+      mesh, shardings, donate=True, grad_accum=grad_accum, log=logging.info)
+  score = make_score_fn(model, temperature=temperature, chunk_size=int(config.loss.chunk_size), grad_accum=grad_accum)
+  logp_sharding = sharding_lib.named_sharding(mesh, ((None,) if grad_accum > 1 else ()) + ("batch", None))
+  score_policy = state_lib.CompiledStep(score, mesh, shardings.params, donate=False, grad_accum=grad_accum,
+                                        out_shardings=logp_sharding, name="old_logps", log=logging.info)
+  score_ref = state_lib.CompiledStep(score, mesh, shardings.params, donate=False, grad_accum=grad_accum,
+                                     out_shardings=logp_sharding, name="ref_logps", log=logging.info)
+  completions = Completions(source.tokenizer_dir, _eos_ids(source), max_new)
+  pad_id = source.cfg.pad_token_id if source.cfg.pad_token_id is not None else 0
+  monitor = grpo_monitor.Monitor(config)
+  log_samples_every = int(g.get("log_samples_every", 0))
+  eval_weights = _eval_rewards(weights)
+
+  def rollout(params, static, *, seed: int, greedy: bool):
+    policy = model.merge(params)
+    width = static["input_ids"].shape[1]
+    return gen_lib.generate(policy, static, max_new_tokens=max_new, temperature=0.0 if greedy else temperature,
+                            top_k=int(g.top_k), top_p=float(g.top_p), seed=seed, eos_token_ids=completions.eos,
+                            num_samples=1 if greedy else group, length_buckets=(width,), mesh=mesh)
+
+  def prompts_static(host_batch):
+    return gen_lib.left_pad_prompts({k: host_batch[k] for k in input_lib.PROMPT_KEYS}, pad_token_id=pad_id,
+                                    patch_dim=source.cfg.vision.patch_dim,
+                                    length_buckets=(host_batch["input_ids"].shape[1],))
+
+  def examples_for(meta, lengths, truncated, per_prompt: int):
+    return [{**meta[i // per_prompt], "completion_length": int(lengths[i]), "max_completion_length": max_new,
+             "truncated": bool(truncated[i])} for i in range(len(lengths))]
+
+  def train_step(state, step):
+    t0 = time.time()
+    host_batch = next(prompt_it)
+    static = prompts_static(host_batch)
+    gen = rollout(state.params, static, seed=(int(config.seed) * 1_000_003 + step) % (2 ** 31), greedy=False)
+    t_rollout = time.time() - t0
+    texts, lengths, truncated = completions.decode(gen)
+    examples = examples_for(host_batch["meta"], lengths, truncated, group)
+    total, comps = rewards_lib.compute_rewards(texts, examples, weights, reward_options)
+    t_rewards = time.time() - t0 - t_rollout
+    all_total = gather_rows(total)
+    all_comps = {k: gather_rows(v) for k, v in comps.items()}
+    all_lengths, all_truncated = gather_rows(lengths), gather_rows(truncated)
+    advantages = np.asarray(grpo_lib.group_advantages(all_total, group, g.scale_rewards, float(g.advantage_eps)),
+                            np.float32)
+    n = len(lengths)
+    completion_mask = np.arange(max_new)[None, :] < lengths[:, None]
+    if g.mask_truncated_completions:
+      completion_mask &= ~truncated[:, None]
+    batch = {"prompt_ids": static["input_ids"], "prompt_mask": static["attention_mask"],
+             "pixel_values": static["pixel_values"], "image_grid_thw": static["image_grid_thw"],
+             "completion_ids": gen.tokens.astype(np.int32), "completion_mask": completion_mask.astype(np.int32),
+             "advantages": advantages[pi * n:(pi + 1) * n], "sampler_logps": gen.logprobs.astype(np.float32)}
+    batch = split_microbatches(batch, grad_accum)
+    gb = input_lib.to_global(batch, state_lib.batch_shardings(mesh, batch, grad_accum))
+    t1 = time.time()
+    scoring = {k: gb[k] for k in SCORE_KEYS}
+    if ref_params is not None:
+      gb["ref_logps"] = score_ref(ref_params, scoring)
+    if mu > 1:  # the policy that sampled, before the first update moves it
+      gb["old_logps"] = score_policy(state.params, scoring)
+    first = None
+    for _ in range(mu):
+      state, dev_metrics = step_fn(state, gb)
+      first = first if first is not None else dev_metrics
+    dev_metrics = {**dev_metrics, "sampling/logprob_abs_diff": first["sampling/logprob_abs_diff"]}
+    host = {**reward_stats(all_total, all_comps, group), **completion_stats(all_lengths, all_truncated),
+            "rollout_time_s": t_rollout, "reward_time_s": t_rewards,
+            "rollout_tokens_per_s": float(all_lengths.sum()) / max(t_rollout, 1e-9),
+            "update_dispatch_time_s": time.time() - t1,
+            "tokens": float(gather_rows(np.asarray([static["attention_mask"].sum() * group])).sum()
+                            + all_lengths.sum())}
+    if log_samples_every > 0 and step % log_samples_every == 0:
+      write_samples(writer, workdir, step + 1, texts, examples, total, comps, advantages[pi * n:(pi + 1) * n],
+                    int(g.get("num_samples_logged", 8)))
+    return state, dev_metrics, host
+
+  eval_prompts = (input_lib.EvalPrompts(config, data, batch_size=eval_bs,
+                                        num_prompts=int(config.eval.get("num_prompts", -1)),
+                                        tokenizer_dir=source.tokenizer_dir, process_index=pi, process_count=pc)
+                  if has_eval else None)
+
+  def run_eval(state, step):
+    rows = {"is_padding": [], "task": [], "lengths": [], "truncated": [], "total": [],
+            **{f"c/{k}": [] for k in eval_weights}}
+    for host_batch in eval_prompts:
+      static = prompts_static(host_batch)
+      gen = rollout(state.params, static, seed=0, greedy=True)
+      texts, lengths, truncated = completions.decode(gen)
+      examples = examples_for(host_batch["meta"], lengths, truncated, 1)
+      total, comps = rewards_lib.compute_rewards(texts, examples, eval_weights, reward_options)
+      total = sum(weights[k] * comps[k] for k in weights)  # the training mixture, not the eval extras
+      from tinyrs_jax.data.records import TASKS
+      task_ids = [list(TASKS).index(m["task"]) if m.get("task") in TASKS else -1 for m in host_batch["meta"]]
+      for key, v in (("is_padding", [bool(m.get("is_padding")) for m in host_batch["meta"]]), ("task", task_ids),
+                     ("lengths", lengths), ("truncated", truncated), ("total", total),
+                     *((f"c/{k}", comps[k]) for k in eval_weights)):
+        rows[key].append(gather_rows(np.asarray(v)))
+    cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in rows.items()}
+    keep = ~cat["is_padding"].astype(bool)
+    r = {"eval/reward": float(cat["total"][keep].mean()) if keep.any() else 0.0, "eval/num_prompts": int(keep.sum())}
+    for k in eval_weights:
+      r[f"eval/rewards/{k}"] = float(cat[f"c/{k}"][keep].mean()) if keep.any() else 0.0
+    from tinyrs_jax.data.records import TASKS
+    tasks = np.asarray(cat["task"], np.int64)
+    for t in sorted(set(tasks[keep].tolist())):
+      sel = keep & (tasks == t)
+      name = list(TASKS)[t] if t >= 0 else "unknown"
+      r[f"eval/accuracy/{name}"] = float(cat["c/accuracy"][sel].mean())
+    if keep.any():
+      r.update(completion_stats(cat["lengths"][keep].astype(np.int32), cat["truncated"][keep].astype(bool),
+                                prefix="eval/completions/"))
+    logging.info("eval step %d over %d prompts: reward %.3f | %s | per task: %s", step, r["eval/num_prompts"],
+                 r["eval/reward"], " ".join(f"{k} {r[f'eval/rewards/{k}']:.3f}" for k in eval_weights),
+                 " ".join(f"{k[14:]} {v:.3f}" for k, v in r.items() if k.startswith("eval/accuracy/")))
+    return r
+
+  logging.info("GRPO from step %d to %d: %d prompts x %d generations per step (%d microbatches of %d prompts), "
+               "%d new tokens max, mu %d, beta %g, loss %s, rewards %s, %d processes", start, total_steps,
+               config.batch_size, group, grad_accum, config.batch_size // grad_accum, max_new, mu, beta,
+               g.loss_type, weights, pc)
+  result = loop.run_loop(config, workdir, state=state, start=start, total_steps=total_steps, ckpt=ckpt,
+                         writer=writer, train_step=train_step, data_state=prompt_it.get_state,
+                         evaluate=run_eval if eval_prompts is not None else None,
+                         num_compiles=lambda: step_fn.num_compiles + gen_lib.compile_count(),
+                         progress_line=grpo_progress_line, on_metrics=monitor.update)
+  if hasattr(prompt_it, "close"):
+    prompt_it.close()
+  if not result.preempted:
+    loop.export_if_asked(config, workdir, model, result.state.params, source.tokenizer_dir)
+  writer.close()
+  summary = {"step": result.step, "preempted": result.preempted, "compiles": step_fn.num_compiles,
+             "first_eval": result.first_eval, "final_eval": result.last_eval, "warnings": monitor.warned,
+             "seconds": time.time() - t_start}
+  logging.info("done: %s", {k: v for k, v in summary.items() if k not in ("first_eval", "final_eval")})
+  return summary
+
+
+def _eos_ids(source: runner.ModelSource) -> list[int]:
+  from tinyrs_jax.data.tokenizer import Tokenizer
+  ids = list(Tokenizer.from_folder(source.tokenizer_dir).eos_ids)
+  if source.cfg.eos_token_id is not None and source.cfg.eos_token_id not in ids:
+    ids.append(source.cfg.eos_token_id)
+  return ids
+
+
+def write_samples(writer: metrics_lib.MetricsWriter, workdir: str, step: int, texts, examples, total, comps,
+                  advantages, limit: int) -> None:
+  """A few completions with their rewards: samples.jsonl and a TensorBoard text table (process 0)."""
+  if jax.process_index() != 0 or limit <= 0:
+    return
+  rows = []
+  for i in range(min(limit, len(texts))):
+    ex = examples[i]
+    rows.append({"step": step, "id": ex.get("id"), "task": ex.get("task"), "answer": ex.get("answer"),
+                 "completion": texts[i], "length": ex["completion_length"], "truncated": ex["truncated"],
+                 "reward": float(total[i]), "advantage": float(advantages[i]),
+                 **{f"rewards/{k}": float(v[i]) for k, v in comps.items()}})
+  with open(os.path.join(workdir, SAMPLES_FILE), "a", encoding="utf-8") as f:
+    f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+  table = ["| task | answer | completion | reward | advantage |", "|---|---|---|---|---|"]
+  for r in rows:
+    cell = lambda s: str(s).replace("|", "\\|").replace("\n", " ")[:400]
+    table.append(f"| {r['task']} | {cell(r['answer'])} | {cell(r['completion'])} | {r['reward']:.3f} | "
+                 f"{r['advantage']:.3f} |")
+  writer.write_text(step, "samples", "\n".join(table))
