@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
-# The main job on the embedded default: the TinyRS stages on synthetic aerial scenes with the demo model,
-# each stage starting from the one before, then the training curves as PNG. Usage: bash launch/demo.sh [RUNDIR]
+# The main job on the embedded default: the four TinyRS stages on synthetic aerial scenes with the demo model,
+# each stage starting from the one before (pretrain -> instruct -> cot -> GRPO), then the training curves as PNG
+# and the GRPO stage's held-out rewards per task before and after. Usage: bash launch/demo.sh [RUNDIR]
 # Reruns resume each stage from its workdir; a finished stage is skipped by its own trainer.
 set -euo pipefail
 run=${1:-runs/demo}
+py=python
+command -v python >/dev/null 2>&1 || py=python3
 prev=""
-for stage in pretrain instruct cot; do
+for stage in pretrain instruct cot grpo; do
   init=()
   [[ -n "$prev" ]] && init=(--config.init.workdir="$prev")
-  python -m tinyrs_jax.main --config="configs/$stage.py:demo" --workdir="$run/$stage" "${init[@]}"
-  python -m tinyrs_jax.tools.plot --workdir="$run/$stage"
+  "$py" -m tinyrs_jax.main --config="configs/$stage.py:demo" --workdir="$run/$stage" ${init[@]+"${init[@]}"}  # (bash 3.2: empty arrays under set -u)
+  "$py" -m tinyrs_jax.tools.plot --workdir="$run/$stage"
   prev="$run/$stage"
 done
-python - "$run" <<'PY'
+"$py" - "$run" <<'PY'
 import json, os, sys
 run = sys.argv[1]
 print(f"\n{'stage':10s} {'first eval_loss':>16s} {'last eval_loss':>15s} {'ratio':>7s}")
@@ -23,7 +26,18 @@ for stage in ("pretrain", "instruct", "cot"):
   print(f"{stage:10s} {ev[0]:16.4f} {ev[-1]:15.4f} {ev[-1] / ev[0]:7.3f}")
   if not ev[-1] <= 0.9 * ev[0]:
     failed.append(stage)
-print(f"curves: {run}/<stage>/curves.png")
+rows = [json.loads(l) for l in open(os.path.join(run, "grpo", "metrics.jsonl"))]
+ev = [r for r in rows if "eval/reward" in r]
+first, last = ev[0], ev[-1]
+keys = [k for k in first if k.startswith("eval/rewards/") or k.startswith("eval/accuracy/")]
+print(f"\nGRPO held-out (greedy, {int(first['eval/num_prompts'])} prompts): step {first['step']} -> step {last['step']}")
+for k in keys:
+  print(f"  {k[5:]:28s} {first[k]:7.3f} -> {last[k]:7.3f}  ({last[k] - first[k]:+.3f})")
+gain = last["eval/rewards/accuracy"] - first["eval/rewards/accuracy"]
+drop = first["eval/rewards/format"] - last["eval/rewards/format"]
+print(f"curves: {run}/<stage>/curves.png; GRPO samples: {run}/grpo/samples.jsonl")
 if failed:
   sys.exit(f"eval loss did not fall to 0.9x its first value in: {failed}")
+if gain < 0.05 or drop > 0.02:
+  sys.exit(f"GRPO: held-out accuracy {gain:+.3f} (want >= +0.05), format {-drop:+.3f} (want >= -0.02)")
 PY

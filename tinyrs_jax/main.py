@@ -86,7 +86,6 @@ def _take_reward_weights(argv):
 
 def _parse_flags(argv):
   """absl's flag parsing, with a one-line error for a config override that names no field."""
-  argv = _take_reward_weights(argv)
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
@@ -99,6 +98,7 @@ def _parse_flags(argv):
 
 
 def run():
+  sys.argv = _take_reward_weights(sys.argv)  # config_flags reads overrides from sys.argv itself
   app.run(main, flags_parser=_parse_flags)
 
 

@@ -144,6 +144,32 @@ def split_microbatches(batch: dict[str, np.ndarray], k: int) -> dict[str, np.nda
   return {key: np.stack(np.split(v, k, axis=0)) for key, v in batch.items()}
 
 
+def take_groups(chosen: list[tuple[dict, int]], group: int, pad_id: int) -> dict:
+  """The rollout rows of the chosen prompts (each a (rollout batch, prompt index) pair), in order, padded to
+  common shapes: prompts left-padded to the widest, image slots to the most patches."""
+  width = max(r["prompt_ids"].shape[1] for r, _ in chosen)
+  patches = max(r["pixel_values"].shape[1] for r, _ in chosen)
+  out: dict = {}
+  for r, i in chosen:
+    slots = r["pixel_values"].shape[0] // r["prompt_ids"].shape[0]  # image slots per prompt (pipeline layout)
+    rows, srows = slice(i * group, (i + 1) * group), slice(i * slots, (i + 1) * slots)
+    pad = width - r["prompt_ids"].shape[1]
+    pieces = {
+        "prompt_ids": np.pad(r["prompt_ids"][i:i + 1], ((0, 0), (pad, 0)), constant_values=pad_id),
+        "prompt_mask": np.pad(r["prompt_mask"][i:i + 1], ((0, 0), (pad, 0))),
+        "pixel_values": np.pad(r["pixel_values"][srows], ((0, 0), (0, patches - r["pixel_values"].shape[1]),
+                                                          (0, 0))),
+        "image_grid_thw": r["image_grid_thw"][srows]}
+    for k, v in r.items():
+      if k not in pieces and isinstance(v, np.ndarray):
+        pieces[k] = v[rows]
+    for k, v in pieces.items():
+      out.setdefault(k, []).append(v)
+    out.setdefault("texts", []).extend(r["texts"][rows])
+    out.setdefault("examples", []).extend(r["examples"][rows])
+  return {k: (v if k in ("texts", "examples") else np.concatenate(v)) for k, v in out.items()}
+
+
 def gather_rows(x: np.ndarray) -> np.ndarray:
   """Every process's rows of a host array, in process order (this process's alone with one process)."""
   x = np.asarray(x)
@@ -338,31 +364,73 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return [{**meta[i // per_prompt], "completion_length": int(lengths[i]), "max_completion_length": max_new,
              "truncated": bool(truncated[i])} for i in range(len(lengths))]
 
-  def train_step(state, step):
-    t0 = time.time()
+  dynamic = bool(g.get("dynamic_sampling", False))
+  filter_reward = g.get("dynamic_sampling_reward", "accuracy")
+  if dynamic and filter_reward not in weights:
+    raise ValueError(f"grpo.dynamic_sampling filters on the {filter_reward!r} reward, which has weight 0")
+
+  def sample_groups(params, step: int, attempt: int) -> dict:
+    """One rollout batch of this process's prompts: completions, rewards and what the update needs (host)."""
     host_batch = next(prompt_it)
     static = prompts_static(host_batch)
-    gen = rollout(state.params, static, seed=(int(config.seed) * 1_000_003 + step) % (2 ** 31), greedy=False)
-    t_rollout = time.time() - t0
+    seed = (int(config.seed) * 1_000_003 + step * 101 + attempt) % (2 ** 31)
+    gen = rollout(params, static, seed=seed, greedy=False)
     texts, lengths, truncated = completions.decode(gen)
     examples = examples_for(host_batch["meta"], lengths, truncated, group)
     total, comps = rewards_lib.compute_rewards(texts, examples, weights, reward_options)
-    t_rewards = time.time() - t0 - t_rollout
-    all_total = gather_rows(total)
-    all_comps = {k: gather_rows(v) for k, v in comps.items()}
-    all_lengths, all_truncated = gather_rows(lengths), gather_rows(truncated)
+    return {"prompt_ids": static["input_ids"], "prompt_mask": static["attention_mask"],
+            "pixel_values": static["pixel_values"], "image_grid_thw": static["image_grid_thw"],
+            "completion_ids": gen.tokens.astype(np.int32), "sampler_logps": gen.logprobs.astype(np.float32),
+            "lengths": lengths, "truncated": truncated, "total": total, **{f"c/{k}": v for k, v in comps.items()},
+            "texts": texts, "examples": examples}
+
+  def dynamic_groups(params, step: int, first: dict) -> tuple[dict, dict]:
+    """DAPO's dynamic sampling: keep the groups whose `filter_reward` varies (the others have zero advantage
+    and only dilute the batch), drawing more prompts until every process holds batch/processes such groups
+    or grpo.dynamic_sampling_max_batches rollouts were made (then the batch is topped up with filtered groups,
+    counted). Each process keeps its own groups, so no images move between hosts."""
+    local_prompts = first["prompt_ids"].shape[0]
+    kept, dropped, draws, attempt = [], [], 1, 0
+    part = first
+    while True:
+      varies = part[f"c/{filter_reward}"].reshape(-1, group).std(axis=1) > 0
+      kept += [(part, i) for i in np.flatnonzero(varies)]
+      dropped += [(part, i) for i in np.flatnonzero(~varies)]
+      enough = gather_rows(np.asarray([len(kept) >= local_prompts])).all()
+      if enough or draws >= int(g.get("dynamic_sampling_max_batches", 4)):
+        break
+      attempt += 1
+      draws += 1
+      part = sample_groups(params, step, attempt)
+    chosen = (kept + dropped)[:local_prompts]
+    stats = {"dynamic_sampling/rollout_batches": float(draws),
+             "dynamic_sampling/filtered_groups": float(gather_rows(np.asarray([len(dropped)])).sum()),
+             "dynamic_sampling/topped_up_groups": float(gather_rows(
+                 np.asarray([max(local_prompts - len(kept), 0)])).sum())}
+    return take_groups(chosen, group, pad_id), stats
+
+  def train_step(state, step):
+    t0 = time.time()
+    r = sample_groups(state.params, step, 0)
+    extra = {}
+    if dynamic:
+      r, extra = dynamic_groups(state.params, step, r)
+    t_rollout = time.time() - t0
+    all_total = gather_rows(r["total"])
+    all_comps = {k[2:]: gather_rows(v) for k, v in r.items() if k.startswith("c/")}
+    all_lengths, all_truncated = gather_rows(r["lengths"]), gather_rows(r["truncated"])
     advantages = np.asarray(grpo_lib.group_advantages(all_total, group, g.scale_rewards, float(g.advantage_eps)),
                             np.float32)
+    lengths, truncated = r["lengths"], r["truncated"]
     n = len(lengths)
     completion_mask = np.arange(max_new)[None, :] < lengths[:, None]
     if g.mask_truncated_completions:
       completion_mask &= ~truncated[:, None]
-    batch = {"prompt_ids": static["input_ids"], "prompt_mask": static["attention_mask"],
-             "pixel_values": static["pixel_values"], "image_grid_thw": static["image_grid_thw"],
-             "completion_ids": gen.tokens.astype(np.int32), "completion_mask": completion_mask.astype(np.int32),
-             "advantages": advantages[pi * n:(pi + 1) * n], "sampler_logps": gen.logprobs.astype(np.float32)}
+    batch = {k: r[k] for k in ("prompt_ids", "prompt_mask", "pixel_values", "image_grid_thw", "completion_ids",
+                               "sampler_logps")}
+    batch.update(completion_mask=completion_mask.astype(np.int32), advantages=advantages[pi * n:(pi + 1) * n])
     batch = split_microbatches(batch, grad_accum)
-    gb = input_lib.to_global(batch, state_lib.batch_shardings(mesh, batch, grad_accum))
+    gb = input_lib.place_batch(batch, mesh, grad_accum)
     t1 = time.time()
     scoring = {k: gb[k] for k in SCORE_KEYS}
     if ref_params is not None:
@@ -374,14 +442,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
       state, dev_metrics = step_fn(state, gb)
       first = first if first is not None else dev_metrics
     dev_metrics = {**dev_metrics, "sampling/logprob_abs_diff": first["sampling/logprob_abs_diff"]}
-    host = {**reward_stats(all_total, all_comps, group), **completion_stats(all_lengths, all_truncated),
-            "rollout_time_s": t_rollout, "reward_time_s": t_rewards,
-            "rollout_tokens_per_s": float(all_lengths.sum()) / max(t_rollout, 1e-9),
+    host = {**reward_stats(all_total, all_comps, group), **completion_stats(all_lengths, all_truncated), **extra,
+            "rollout_time_s": t_rollout, "rollout_tokens_per_s": float(all_lengths.sum()) / max(t_rollout, 1e-9),
             "update_dispatch_time_s": time.time() - t1,
-            "tokens": float(gather_rows(np.asarray([static["attention_mask"].sum() * group])).sum()
-                            + all_lengths.sum())}
+            "tokens": float(gather_rows(np.asarray([r["prompt_mask"].sum() * group])).sum() + all_lengths.sum())}
     if log_samples_every > 0 and step % log_samples_every == 0:
-      write_samples(writer, workdir, step + 1, texts, examples, total, comps, advantages[pi * n:(pi + 1) * n],
+      write_samples(writer, workdir, step + 1, r["texts"], r["examples"], r["total"],
+                    {k[2:]: v for k, v in r.items() if k.startswith("c/")}, advantages[pi * n:(pi + 1) * n],
                     int(g.get("num_samples_logged", 8)))
     return state, dev_metrics, host
 

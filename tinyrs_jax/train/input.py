@@ -138,6 +138,14 @@ def to_global(batch: dict[str, np.ndarray], shardings: dict) -> dict[str, jax.Ar
   return {k: sharding_lib.host_to_global(v, shardings[k], what=k) for k, v in batch.items()}
 
 
+def place_batch(batch: dict[str, np.ndarray], mesh, grad_accum: int = 1) -> dict[str, jax.Array]:
+  """This process's rows -> global arrays sharded as the train step expects, the shardings chosen for the
+  GLOBAL shapes (a per-process row count the data axes do not divide must not turn into replication)."""
+  from tinyrs_jax.train import state as state_lib
+  shapes = {k: jax.ShapeDtypeStruct(s, batch[k].dtype) for k, s in global_shape(batch, grad_accum).items()}
+  return to_global(batch, state_lib.batch_shardings(mesh, shapes, grad_accum))
+
+
 def global_shape(batch: dict[str, np.ndarray], grad_accum: int = 1) -> dict[str, tuple]:
   """Global shapes of a process-local batch (its leading row/slot axis times the process count)."""
   lead = 1 if grad_accum > 1 else 0

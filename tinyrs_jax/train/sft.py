@@ -33,7 +33,7 @@ def make_loss_fn(loss_config):
 def evaluate(eval_step, params, batches, mesh) -> dict[str, float]:
   total, weight, n = 0.0, 0.0, 0
   for b in batches:
-    gb = input_lib.to_global(b, state_lib.batch_shardings(mesh, b))
+    gb = input_lib.place_batch(b, mesh)
     loss_sum, w = eval_step(params, gb)
     total += float(jax.device_get(loss_sum))
     weight += float(jax.device_get(w))
@@ -104,7 +104,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     host = {"tokens": float(sum(p["attention_mask"].sum() for p in parts)) * pc,
             "flops": sum(metrics_lib.batch_model_flops(source.cfg, p, train_vision=trainable["vision"],
                                                        train_merger=trainable["merger"]) for p in parts) * pc}
-    gb = input_lib.to_global(host_batch, state_lib.batch_shardings(mesh, host_batch, grad_accum))
+    gb = input_lib.place_batch(host_batch, mesh, grad_accum)
     state, dev_metrics = step_fn(state, gb)
     return state, dev_metrics, host
 

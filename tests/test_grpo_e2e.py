@@ -1,0 +1,138 @@
+"""The GRPO trainer as users run it (`python -m tinyrs_jax.main --config=configs/grpo.py:demo`, subprocesses):
+metrics, samples and checkpoints; SIGKILL + restart equals an uninterrupted run (the rollout RNG follows seed and
+step); SIGTERM saves and exits 143; two real processes equal one; a user's reward module.
+
+A random demo_8m policy on the synthetic GRPO prompts, with a user reward (tests/grpo_test_rewards.py) that varies
+on random text so the advantages are not all zero; beta > 0 (reference model), mu = 2 (old log-probs) and two
+microbatches, so every path of the step runs.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from test_train_e2e import ROOT, assert_same_params, env as base_env, final_params
+
+GRPO = ["--config=configs/grpo.py:demo", "--config.init.demo_configs_dir=", "--config.batch_size=4",
+        "--config.grad_accum_steps=2", "--config.grpo.num_generations=2", "--config.grpo.max_new_tokens=16",
+        "--config.grpo.beta=0.04", "--config.grpo.num_iterations=2", "--config.total_steps=4",
+        "--config.data.max_length=128", "--config.data.length_buckets=(128,)", "--config.checkpoint.every_steps=2",
+        "--config.eval.every_steps=2", "--config.eval.num_prompts=8", "--config.eval.batch_size=4",
+        "--config.grpo.log_samples_every=2", "--config.grpo.num_samples_logged=3",
+        "--config.reward_modules=grpo_test_rewards", "--config.rewards.vowels=1.0", "--config.optim.lr=1e-3"]
+
+
+def env(devices: int = 1) -> dict:
+  e = base_env(devices)
+  e["PYTHONPATH"] = os.path.join(ROOT, "tests") + os.pathsep + e["PYTHONPATH"]  # the user reward module
+  return e
+
+
+def main(workdir, *args, devices=1, check=True, timeout=900):
+  cmd = [sys.executable, "-m", "tinyrs_jax.main", f"--workdir={workdir}", *args]
+  p = subprocess.run(cmd, cwd=ROOT, env=env(devices), capture_output=True, text=True, timeout=timeout)
+  if check and p.returncode != 0:
+    raise AssertionError(f"{' '.join(cmd)} exited {p.returncode}:\n{p.stderr[-6000:]}")
+  return p
+
+
+def rows(workdir) -> dict[int, dict]:
+  """metrics.jsonl merged per step (train and eval lines; the last value wins)."""
+  out = {}
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      r = json.loads(line)
+      out.setdefault(r["step"], {}).update(r)
+  return out
+
+
+def assert_same_run(wd, ref, atol=1e-6):
+  a, b = rows(wd), rows(ref)
+  assert sorted(a) == sorted(b)
+  for step in b:
+    for key in ("reward", "rewards/vowels/mean", "loss", "kl", "completions/mean_length", "eval/reward",
+                "eval/rewards/vowels"):
+      if key in b[step]:
+        assert key in a[step], (step, key)
+        assert abs(a[step][key] - b[step][key]) <= atol + 1e-5 * abs(b[step][key]), (step, key, a[step][key],
+                                                                                       b[step][key])
+  assert_same_params(final_params(wd), final_params(ref), atol=atol)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  wd = str(tmp_path_factory.mktemp("grpo_ref"))
+  main(wd, *GRPO)
+  return wd
+
+
+@pytest.mark.slow
+def test_run_writes_metrics_samples_and_checkpoints(reference):
+  r = rows(reference)
+  assert sorted(k for k in r if "reward" in r[k]) == [1, 2, 3, 4]
+  assert [k for k in sorted(r) if "eval/reward" in r[k]] == [0, 2, 4]
+  last = r[4]
+  for key in ("reward", "reward_std", "frac_reward_zero_std", "rewards/vowels/mean", "rewards/vowels/std",
+              "rewards/format/mean", "rewards/accuracy/mean", "completions/mean_length",
+              "completions/min_length", "completions/max_length", "completions/mean_terminated_length",
+              "completions/clipped_ratio", "kl", "clip_ratio/low_mean", "clip_ratio/high_mean",
+              "clip_ratio/region_mean", "entropy", "loss", "grad_norm", "step_time_s", "rollout_time_s",
+              "rollout_tokens_per_s", "tokens_per_s", "sampling/logprob_abs_diff", "eval/rewards/accuracy",
+              "eval/rewards/format", "eval/rewards/vowels"):
+    assert key in last, key
+  assert last["kl"] > 0  # mu = 2 and lr 1e-3: the policy left the reference
+  assert r[4]["rewards/vowels/std"] > 0 and r[4]["frac_reward_zero_std"] < 1
+  steps = sorted(int(s) for s in os.listdir(os.path.join(reference, "checkpoints")) if s.isdigit())
+  assert steps == [4, 8]  # optimizer steps: mu = 2 per GRPO step, checkpoints every 2 GRPO steps
+  samples = [json.loads(l) for l in open(os.path.join(reference, "samples.jsonl"))]
+  assert [s["step"] for s in samples] == [1] * 3 + [3] * 3
+  assert {"completion", "reward", "advantage", "rewards/vowels", "answer", "task"} <= set(samples[0])
+  marker = json.load(open(os.path.join(reference, "tinyrs_model.json")))
+  assert marker["stage"] == "grpo"
+
+
+@pytest.mark.slow
+def test_sigkill_then_restart_equals_uninterrupted(reference, tmp_path):
+  wd = str(tmp_path / "killed")
+  p = main(wd, *GRPO, "--config.debug_kill_at_step=3", check=False)
+  assert p.returncode == -9, p.stderr[-4000:]
+  main(wd, *GRPO)
+  assert_same_run(wd, reference)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_143(reference, tmp_path):
+  wd = str(tmp_path / "term")
+  p = main(wd, *GRPO, "--config.debug_sigterm_at_step=1", "--config.checkpoint.every_steps=100", check=False)
+  assert p.returncode == 143, p.stderr[-4000:]
+  assert "2" in os.listdir(os.path.join(wd, "checkpoints"))  # GRPO step 1 = optimizer step 2 (mu = 2)
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one(reference, tmp_path):
+  """jax.distributed over two local processes (2 CPU devices each, gloo): rollouts, rewards, log-probs and
+  parameters equal the one-process run."""
+  from test_train_e2e import reserved_port
+  wd = str(tmp_path / "two")
+  procs = []
+  with reserved_port() as port:  # held until both processes are done (see reserved_port)
+    for i in range(2):
+      cmd = [sys.executable, "-m", "tinyrs_jax.main", f"--workdir={wd}", *GRPO,
+             f"--config.distributed.coordinator_address=127.0.0.1:{port}", "--config.distributed.num_processes=2",
+             f"--config.distributed.process_id={i}", "--config.distributed.initialization_timeout=120"]
+      procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True))
+    outs = [p.communicate(timeout=900) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-6000:]
+  assert "over 2 devices (2 processes)" in outs[0][1]
+  assert_same_run(wd, reference, atol=2e-4)
+
+
+def test_unknown_reward_is_a_clear_error(tmp_path):
+  p = main(str(tmp_path), "--config=configs/grpo.py:demo", "--config.init.demo_configs_dir=",
+           "--config.rewards.nonesuch=1.0", check=False)
+  assert p.returncode != 0 and "nonesuch" in p.stderr and "format" in p.stderr
