@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from test_train_e2e import ROOT, assert_same_params, env as base_env, final_params

@@ -8,7 +8,6 @@ import pytest
 import jax
 import jax.numpy as jnp
 
-import tinyrs_jax
 from hf_reference import random_image_batch
 from tinyrs_jax import sharding as sharding_lib
 from tinyrs_jax.models import presets

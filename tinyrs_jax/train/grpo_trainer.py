@@ -265,6 +265,169 @@ def load_reference(config, source: runner.ModelSource, workdir: str, model: stat
   return cast(params)
 
 
+# ------------------------------------------------------------------------------------------- one GRPO step
+
+def batch_advantages(batch: dict) -> np.ndarray:
+  """This process's advantages in row order (undoing the microbatch axis)."""
+  return np.asarray(batch["advantages"]).reshape(-1)
+
+
+class GRPOStep:
+  """The pieces of one GRPO step, shared by the trainer and benchmarks/grpo_step.py (so the benchmark times
+  exactly what a run executes):
+
+      r = step.sample(params, host_prompt_batch, step_index)   # rollout, decode, rewards (this process's rows)
+      batch, stats = step.build_batch(r)                        # all-gathered rewards -> advantages, masks
+      state, device_metrics, timing = step.update(state, batch) # reference / old log-probs, mu updates
+
+  `update(..., sync=True)` waits for each phase, for a per-phase timing (the trainer does not wait).
+  """
+
+  def __init__(self, config, model: state_lib.Model, opt, mesh, shardings, *, tokenizer_dir: str, eos_ids,
+               weights: dict[str, float], reward_options: dict, ref_params=None):
+    g = config.grpo
+    self.config, self.model, self.mesh = config, model, mesh
+    self.weights, self.reward_options, self.ref_params = weights, reward_options, ref_params
+    self.group, self.max_new, self.mu = int(g.num_generations), int(g.max_new_tokens), int(g.num_iterations)
+    self.temperature, self.top_k, self.top_p = float(g.temperature), int(g.top_k), float(g.top_p)
+    self.scale, self.eps = g.scale_rewards, float(g.advantage_eps)
+    self.mask_truncated = bool(g.mask_truncated_completions)
+    self.grad_accum = int(config.get("grad_accum_steps", 1))
+    self.seed = int(config.seed)
+    self.pad_id = model.cfg.pad_token_id if model.cfg.pad_token_id is not None else 0
+    self.completions = Completions(tokenizer_dir, eos_ids, self.max_new)
+    self.dynamic = bool(g.get("dynamic_sampling", False))
+    self.filter_reward = g.get("dynamic_sampling_reward", "accuracy")
+    self.max_draws = int(g.get("dynamic_sampling_max_batches", 4))
+    if self.dynamic and self.filter_reward not in weights:
+      raise ValueError(f"grpo.dynamic_sampling filters on the {self.filter_reward!r} reward, which has weight 0")
+    kwargs = grpo_loss_kwargs(config)
+    loss = losses_lib.get_loss(config.loss.name)
+    log = logging.info
+    self.step_fn = state_lib.CompiledStep(
+        state_lib.make_train_step(model, opt, lambda m, b, r: loss(m, b, r, **kwargs), grad_accum=self.grad_accum),
+        mesh, shardings, donate=True, grad_accum=self.grad_accum, log=log)
+    score = make_score_fn(model, temperature=self.temperature, chunk_size=int(config.loss.chunk_size),
+                          grad_accum=self.grad_accum)
+    logp_sharding = sharding_lib.named_sharding(mesh, ((None,) if self.grad_accum > 1 else ()) + ("batch", None))
+    self.score_policy = state_lib.CompiledStep(score, mesh, shardings.params, donate=False,
+                                               grad_accum=self.grad_accum, out_shardings=logp_sharding,
+                                               name="old_logps", log=log)
+    self.score_ref = state_lib.CompiledStep(score, mesh, shardings.params, donate=False,
+                                            grad_accum=self.grad_accum, out_shardings=logp_sharding,
+                                            name="ref_logps", log=log)
+
+  @property
+  def num_compiles(self) -> int:
+    return (self.step_fn.num_compiles + self.score_policy.num_compiles + self.score_ref.num_compiles
+            + gen_lib.compile_count())
+
+  # ---------------------------------------------------------------------------------------------- rollout
+
+  def prompts_static(self, host_batch: dict) -> dict:
+    """The pipeline's prompt batch as the sampler takes it (its width kept: every process pads alike)."""
+    return gen_lib.left_pad_prompts({k: host_batch[k] for k in input_lib.PROMPT_KEYS}, pad_token_id=self.pad_id,
+                                    patch_dim=self.model.cfg.vision.patch_dim,
+                                    length_buckets=(host_batch["input_ids"].shape[1],))
+
+  def rollout(self, params, static: dict, *, seed: int, greedy: bool) -> gen_lib.Generation:
+    return gen_lib.generate(self.model.merge(params), static, max_new_tokens=self.max_new,
+                            temperature=0.0 if greedy else self.temperature, top_k=self.top_k, top_p=self.top_p,
+                            seed=seed, eos_token_ids=sorted(self.completions.eos),
+                            num_samples=1 if greedy else self.group, length_buckets=(static["input_ids"].shape[1],),
+                            mesh=self.mesh)
+
+  def examples_for(self, meta, lengths, truncated, per_prompt: int) -> list[dict]:
+    return [{**meta[i // per_prompt], "completion_length": int(lengths[i]), "max_completion_length": self.max_new,
+             "truncated": bool(truncated[i])} for i in range(len(lengths))]
+
+  def sample(self, params, host_batch: dict, step: int, attempt: int = 0) -> dict:
+    """One rollout batch of this process's prompts: completions, rewards and what the update needs (host).
+    The sampling seed follows (config.seed, step, attempt), so a resumed run draws the same completions."""
+    static = self.prompts_static(host_batch)
+    seed = (self.seed * 1_000_003 + step * 101 + attempt) % (2 ** 31)
+    gen = self.rollout(params, static, seed=seed, greedy=False)
+    texts, lengths, truncated = self.completions.decode(gen)
+    examples = self.examples_for(host_batch["meta"], lengths, truncated, self.group)
+    from tinyrs_jax import rewards as rewards_lib
+    total, comps = rewards_lib.compute_rewards(texts, examples, self.weights, self.reward_options)
+    return {"prompt_ids": static["input_ids"], "prompt_mask": static["attention_mask"],
+            "pixel_values": static["pixel_values"], "image_grid_thw": static["image_grid_thw"],
+            "completion_ids": gen.tokens.astype(np.int32), "sampler_logps": gen.logprobs.astype(np.float32),
+            "lengths": lengths, "truncated": truncated, "total": total, **{f"c/{k}": v for k, v in comps.items()},
+            "texts": texts, "examples": examples}
+
+  def sample_dynamic(self, params, first: dict, step: int, next_prompts) -> tuple[dict, dict]:
+    """DAPO's dynamic sampling: keep the groups whose `dynamic_sampling_reward` varies (the others have zero
+    advantage and only dilute the batch), drawing more prompts (next_prompts()) until every process holds its
+    share of the batch in such groups or `dynamic_sampling_max_batches` rollouts were made; then the batch is
+    topped up with filtered groups (counted). Each process keeps its own groups: no images move between hosts."""
+    local_prompts = first["prompt_ids"].shape[0]
+    kept, dropped, draws = [], [], 1
+    part = first
+    while True:
+      varies = part[f"c/{self.filter_reward}"].reshape(-1, self.group).std(axis=1) > 0
+      kept += [(part, i) for i in np.flatnonzero(varies)]
+      dropped += [(part, i) for i in np.flatnonzero(~varies)]
+      enough = gather_rows(np.asarray([len(kept) >= local_prompts])).all()
+      if enough or draws >= self.max_draws:
+        break
+      part = self.sample(params, next_prompts(), step, attempt=draws)
+      draws += 1
+    chosen = (kept + dropped)[:local_prompts]
+    stats = {"dynamic_sampling/rollout_batches": float(draws),
+             "dynamic_sampling/filtered_groups": float(gather_rows(np.asarray([len(dropped)])).sum()),
+             "dynamic_sampling/topped_up_groups": float(gather_rows(
+                 np.asarray([max(local_prompts - len(kept), 0)])).sum())}
+    return take_groups(chosen, self.group, self.pad_id), stats
+
+  # ---------------------------------------------------------------------------------------------- update
+
+  def build_batch(self, r: dict) -> tuple[dict, dict]:
+    """(this process's update batch, split into microbatches; the step's reward and completion metrics).
+    Rewards are all-gathered so every process computes the same advantages and metrics."""
+    all_total = gather_rows(r["total"])
+    all_comps = {k[2:]: gather_rows(v) for k, v in r.items() if k.startswith("c/")}
+    all_lengths, all_truncated = gather_rows(r["lengths"]), gather_rows(r["truncated"])
+    advantages = np.asarray(grpo_lib.group_advantages(all_total, self.group, self.scale, self.eps), np.float32)
+    lengths, truncated = r["lengths"], r["truncated"]
+    n, pi = len(lengths), jax.process_index()
+    completion_mask = np.arange(self.max_new)[None, :] < lengths[:, None]
+    if self.mask_truncated:
+      completion_mask &= ~truncated[:, None]
+    batch = {k: r[k] for k in ("prompt_ids", "prompt_mask", "pixel_values", "image_grid_thw", "completion_ids",
+                               "sampler_logps")}
+    batch.update(completion_mask=completion_mask.astype(np.int32), advantages=advantages[pi * n:(pi + 1) * n])
+    stats = {**reward_stats(all_total, all_comps, self.group), **completion_stats(all_lengths, all_truncated),
+             "completions/total_tokens": float(all_lengths.sum()),
+             "tokens": float(gather_rows(np.asarray([r["prompt_mask"].sum() * self.group])).sum()
+                             + all_lengths.sum())}
+    return split_microbatches(batch, self.grad_accum), stats
+
+  def update(self, state, batch: dict, *, sync: bool = False):
+    """Places the batch, scores it with the reference (beta != 0) and, for mu > 1, the sampling policy, then
+    runs mu optimizer steps. Returns (state, device metrics, timing)."""
+    t0 = time.time()
+    wait = jax.block_until_ready if sync else (lambda x: x)
+    gb = input_lib.place_batch(batch, self.mesh, self.grad_accum)
+    scoring = {k: gb[k] for k in SCORE_KEYS}
+    if self.ref_params is not None:
+      gb["ref_logps"] = wait(self.score_ref(self.ref_params, scoring))
+    if self.mu > 1:  # the policy that sampled, before the first update moves it
+      gb["old_logps"] = wait(self.score_policy(state.params, scoring))
+    t1 = time.time()
+    first = None
+    for _ in range(self.mu):
+      state, metrics = self.step_fn(state, gb)
+      first = first if first is not None else metrics
+    metrics = {**metrics, "sampling/logprob_abs_diff": first["sampling/logprob_abs_diff"]}
+    if sync:
+      metrics = wait(metrics)
+    timing = {"scoring_time_s": t1 - t0, "update_time_s": time.time() - t1} if sync else \
+        {"update_dispatch_time_s": time.time() - t0}
+    return state, metrics, timing
+
+
 # ------------------------------------------------------------------------------------------------ trainer
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -324,131 +487,36 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if start >= total_steps:
     return runner.finished_before(workdir, start, total_steps, ckpt, prompt_it, t_start)
 
-  compute_dtype = jnp.dtype(model.kwargs["dtype"]) if not isinstance(model.kwargs["dtype"], str) else \
-      jnp.dtype({"bfloat16": jnp.bfloat16, "float32": jnp.float32, "float16": jnp.float16}[model.kwargs["dtype"]])
+  from tinyrs_jax.models.qwen2_vl import as_dtype
+  compute_dtype = jnp.dtype(as_dtype(model.kwargs["dtype"]))
   ref_params = load_reference(config, source, workdir, model, shardings, compute_dtype) if beta != 0 else None
 
   writer = metrics_lib.MetricsWriter(workdir)
   if start > 0:
     writer.truncate_after(start)
-  loss_kwargs = grpo_loss_kwargs(config)
-  loss = losses_lib.get_loss(config.loss.name)
-  step_fn = state_lib.CompiledStep(
-      state_lib.make_train_step(model, opt, lambda m, b, r: loss(m, b, r, **loss_kwargs), grad_accum=grad_accum),
-      mesh, shardings, donate=True, grad_accum=grad_accum, log=logging.info)
-  score = make_score_fn(model, temperature=temperature, chunk_size=int(config.loss.chunk_size), grad_accum=grad_accum)
-  logp_sharding = sharding_lib.named_sharding(mesh, ((None,) if grad_accum > 1 else ()) + ("batch", None))
-  score_policy = state_lib.CompiledStep(score, mesh, shardings.params, donate=False, grad_accum=grad_accum,
-                                        out_shardings=logp_sharding, name="old_logps", log=logging.info)
-  score_ref = state_lib.CompiledStep(score, mesh, shardings.params, donate=False, grad_accum=grad_accum,
-                                     out_shardings=logp_sharding, name="ref_logps", log=logging.info)
-  completions = Completions(source.tokenizer_dir, _eos_ids(source), max_new)
-  pad_id = source.cfg.pad_token_id if source.cfg.pad_token_id is not None else 0
+  grpo_step = GRPOStep(config, model, opt, mesh, shardings, tokenizer_dir=source.tokenizer_dir,
+                       eos_ids=_eos_ids(source), weights=weights, reward_options=reward_options,
+                       ref_params=ref_params)
   monitor = grpo_monitor.Monitor(config)
   log_samples_every = int(g.get("log_samples_every", 0))
   eval_weights = _eval_rewards(weights)
-
-  def rollout(params, static, *, seed: int, greedy: bool):
-    policy = model.merge(params)
-    width = static["input_ids"].shape[1]
-    return gen_lib.generate(policy, static, max_new_tokens=max_new, temperature=0.0 if greedy else temperature,
-                            top_k=int(g.top_k), top_p=float(g.top_p), seed=seed, eos_token_ids=completions.eos,
-                            num_samples=1 if greedy else group, length_buckets=(width,), mesh=mesh)
-
-  def prompts_static(host_batch):
-    return gen_lib.left_pad_prompts({k: host_batch[k] for k in input_lib.PROMPT_KEYS}, pad_token_id=pad_id,
-                                    patch_dim=source.cfg.vision.patch_dim,
-                                    length_buckets=(host_batch["input_ids"].shape[1],))
-
-  def examples_for(meta, lengths, truncated, per_prompt: int):
-    return [{**meta[i // per_prompt], "completion_length": int(lengths[i]), "max_completion_length": max_new,
-             "truncated": bool(truncated[i])} for i in range(len(lengths))]
-
-  dynamic = bool(g.get("dynamic_sampling", False))
-  filter_reward = g.get("dynamic_sampling_reward", "accuracy")
-  if dynamic and filter_reward not in weights:
-    raise ValueError(f"grpo.dynamic_sampling filters on the {filter_reward!r} reward, which has weight 0")
-
-  def sample_groups(params, step: int, attempt: int) -> dict:
-    """One rollout batch of this process's prompts: completions, rewards and what the update needs (host)."""
-    host_batch = next(prompt_it)
-    static = prompts_static(host_batch)
-    seed = (int(config.seed) * 1_000_003 + step * 101 + attempt) % (2 ** 31)
-    gen = rollout(params, static, seed=seed, greedy=False)
-    texts, lengths, truncated = completions.decode(gen)
-    examples = examples_for(host_batch["meta"], lengths, truncated, group)
-    total, comps = rewards_lib.compute_rewards(texts, examples, weights, reward_options)
-    return {"prompt_ids": static["input_ids"], "prompt_mask": static["attention_mask"],
-            "pixel_values": static["pixel_values"], "image_grid_thw": static["image_grid_thw"],
-            "completion_ids": gen.tokens.astype(np.int32), "sampler_logps": gen.logprobs.astype(np.float32),
-            "lengths": lengths, "truncated": truncated, "total": total, **{f"c/{k}": v for k, v in comps.items()},
-            "texts": texts, "examples": examples}
-
-  def dynamic_groups(params, step: int, first: dict) -> tuple[dict, dict]:
-    """DAPO's dynamic sampling: keep the groups whose `filter_reward` varies (the others have zero advantage
-    and only dilute the batch), drawing more prompts until every process holds batch/processes such groups
-    or grpo.dynamic_sampling_max_batches rollouts were made (then the batch is topped up with filtered groups,
-    counted). Each process keeps its own groups, so no images move between hosts."""
-    local_prompts = first["prompt_ids"].shape[0]
-    kept, dropped, draws, attempt = [], [], 1, 0
-    part = first
-    while True:
-      varies = part[f"c/{filter_reward}"].reshape(-1, group).std(axis=1) > 0
-      kept += [(part, i) for i in np.flatnonzero(varies)]
-      dropped += [(part, i) for i in np.flatnonzero(~varies)]
-      enough = gather_rows(np.asarray([len(kept) >= local_prompts])).all()
-      if enough or draws >= int(g.get("dynamic_sampling_max_batches", 4)):
-        break
-      attempt += 1
-      draws += 1
-      part = sample_groups(params, step, attempt)
-    chosen = (kept + dropped)[:local_prompts]
-    stats = {"dynamic_sampling/rollout_batches": float(draws),
-             "dynamic_sampling/filtered_groups": float(gather_rows(np.asarray([len(dropped)])).sum()),
-             "dynamic_sampling/topped_up_groups": float(gather_rows(
-                 np.asarray([max(local_prompts - len(kept), 0)])).sum())}
-    return take_groups(chosen, group, pad_id), stats
+  rollout, prompts_static, examples_for = grpo_step.rollout, grpo_step.prompts_static, grpo_step.examples_for
+  completions = grpo_step.completions
 
   def train_step(state, step):
     t0 = time.time()
-    r = sample_groups(state.params, step, 0)
+    r = grpo_step.sample(state.params, next(prompt_it), step)
     extra = {}
-    if dynamic:
-      r, extra = dynamic_groups(state.params, step, r)
+    if grpo_step.dynamic:
+      r, extra = grpo_step.sample_dynamic(state.params, r, step, lambda: next(prompt_it))
     t_rollout = time.time() - t0
-    all_total = gather_rows(r["total"])
-    all_comps = {k[2:]: gather_rows(v) for k, v in r.items() if k.startswith("c/")}
-    all_lengths, all_truncated = gather_rows(r["lengths"]), gather_rows(r["truncated"])
-    advantages = np.asarray(grpo_lib.group_advantages(all_total, group, g.scale_rewards, float(g.advantage_eps)),
-                            np.float32)
-    lengths, truncated = r["lengths"], r["truncated"]
-    n = len(lengths)
-    completion_mask = np.arange(max_new)[None, :] < lengths[:, None]
-    if g.mask_truncated_completions:
-      completion_mask &= ~truncated[:, None]
-    batch = {k: r[k] for k in ("prompt_ids", "prompt_mask", "pixel_values", "image_grid_thw", "completion_ids",
-                               "sampler_logps")}
-    batch.update(completion_mask=completion_mask.astype(np.int32), advantages=advantages[pi * n:(pi + 1) * n])
-    batch = split_microbatches(batch, grad_accum)
-    gb = input_lib.place_batch(batch, mesh, grad_accum)
-    t1 = time.time()
-    scoring = {k: gb[k] for k in SCORE_KEYS}
-    if ref_params is not None:
-      gb["ref_logps"] = score_ref(ref_params, scoring)
-    if mu > 1:  # the policy that sampled, before the first update moves it
-      gb["old_logps"] = score_policy(state.params, scoring)
-    first = None
-    for _ in range(mu):
-      state, dev_metrics = step_fn(state, gb)
-      first = first if first is not None else dev_metrics
-    dev_metrics = {**dev_metrics, "sampling/logprob_abs_diff": first["sampling/logprob_abs_diff"]}
-    host = {**reward_stats(all_total, all_comps, group), **completion_stats(all_lengths, all_truncated), **extra,
-            "rollout_time_s": t_rollout, "rollout_tokens_per_s": float(all_lengths.sum()) / max(t_rollout, 1e-9),
-            "update_dispatch_time_s": time.time() - t1,
-            "tokens": float(gather_rows(np.asarray([r["prompt_mask"].sum() * group])).sum() + all_lengths.sum())}
+    batch, stats = grpo_step.build_batch(r)
+    state, dev_metrics, timing = grpo_step.update(state, batch)
+    host = {**stats, **extra, **timing, "rollout_time_s": t_rollout,
+            "rollout_tokens_per_s": stats["completions/total_tokens"] / max(t_rollout, 1e-9)}
     if log_samples_every > 0 and step % log_samples_every == 0:
       write_samples(writer, workdir, step + 1, r["texts"], r["examples"], r["total"],
-                    {k[2:]: v for k, v in r.items() if k.startswith("c/")}, advantages[pi * n:(pi + 1) * n],
+                    {k[2:]: v for k, v in r.items() if k.startswith("c/")}, batch_advantages(batch),
                     int(g.get("num_samples_logged", 8)))
     return state, dev_metrics, host
 
@@ -499,14 +567,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
   result = loop.run_loop(config, workdir, state=state, start=start, total_steps=total_steps, ckpt=ckpt,
                          writer=writer, train_step=train_step, data_state=prompt_it.get_state,
                          evaluate=run_eval if eval_prompts is not None else None,
-                         num_compiles=lambda: step_fn.num_compiles + gen_lib.compile_count(),
+                         num_compiles=lambda: grpo_step.num_compiles,
                          progress_line=grpo_progress_line, on_metrics=monitor.update)
   if hasattr(prompt_it, "close"):
     prompt_it.close()
   if not result.preempted:
     loop.export_if_asked(config, workdir, model, result.state.params, source.tokenizer_dir)
   writer.close()
-  summary = {"step": result.step, "preempted": result.preempted, "compiles": step_fn.num_compiles,
+  summary = {"step": result.step, "preempted": result.preempted, "compiles": grpo_step.num_compiles,
              "first_eval": result.first_eval, "final_eval": result.last_eval, "warnings": monitor.warned,
              "seconds": time.time() - t_start}
   logging.info("done: %s", {k: v for k, v in summary.items() if k not in ("first_eval", "final_eval")})

@@ -1,0 +1,32 @@
+"""The main job's GRPO stage as a user runs it: `python -m tinyrs_jax.main --config=configs/grpo.py:demo`, alone
+(it builds, or reuses from the cache, its starting policy from the three demo SFT stages), for seeds 0, 1 and 2:
+the held-out greedy accuracy rises by at least 0.05 and the format reward does not fall by more than 0.02. A demo
+that worked for one seed only would be tuned to it."""
+import json
+import os
+
+import pytest
+
+from test_grpo_e2e import main
+
+
+def held_out(workdir) -> tuple[dict, dict]:
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  ev = [r for r in rows if "eval/reward" in r]
+  return ev[0], ev[-1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_demo_raises_held_out_accuracy(tmp_path, seed):
+  wd = str(tmp_path / f"grpo_seed{seed}")
+  p = main(wd, "--config=configs/grpo.py:demo", f"--config.seed={seed}", timeout=1800)
+  first, last = held_out(wd)
+  assert first["step"] == 0 and last["step"] > 0
+  assert first["eval/num_prompts"] >= 128
+  gain = last["eval/rewards/accuracy"] - first["eval/rewards/accuracy"]
+  drop = first["eval/rewards/format"] - last["eval/rewards/format"]
+  summary = {k: (round(first[k], 3), round(last[k], 3)) for k in first if k.startswith("eval/")}
+  assert gain >= 0.05, summary
+  assert drop <= 0.02, summary
+  assert "demo starting policy" in p.stderr  # it said where its starting policy came from
