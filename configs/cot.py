@@ -10,7 +10,9 @@ The demo (this CPU, about two minutes, synthetic cot data, demo_8m model):
       [--config.init.workdir=/tmp/tinyrs/instruct]
   on its own from scratch, or from the instruct demo's workdir when init.workdir says so; should reach a final
   eval_loss <= 0.9 x the eval_loss at step 0 (measured with `bash launch/demo.sh`, from the instruct demo:
-  eval_loss 10.14 at step 0 -> 0.91 at the end).
+  eval_loss 6.72 at step 0 -> 0.359 at the end, 300 steps of batch 8). Greedy on the 994 held-out grpo prompts
+  that checkpoint scores: classify 0.80, presence 0.57, count 0.60, compare 0.28, grounding mean IoU 0.00,
+  format 0.95; completions 40 tokens on average (p90 62, max 73, none cut at 160).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ def get_config(arg: str | None = None):
   c = common.base("cot")
   if arg == "demo":
     c = common.demo(c)
+    c.total_steps = 300  # the longest stage: its reasoning text names what the image shows
   elif arg:
     raise ValueError(f"unknown variant {arg!r} of configs/cot.py; use :demo or nothing")
   return c
