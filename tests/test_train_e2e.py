@@ -1,6 +1,7 @@
 """The trainer as users run it (`python -m tinyrs_jax.main`, subprocesses): SIGKILL + restart equals an
 uninterrupted run, SIGTERM saves and resumes, two real processes equal one, stage chaining and HF init/export,
 config errors, the plot tool."""
+import contextlib
 import json
 import os
 import socket
@@ -135,21 +136,54 @@ def test_sigterm_saves_then_resume_equals_uninterrupted(tiny_reference, tmp_path
   assert_same_params(final_params(wd), final_params(tiny_reference), atol=1e-6)
 
 
+@contextlib.contextmanager
+def reserved_port():
+  """A free TCP port for the coordinator, reserved until the block ends.
+
+  Picking a port (bind to 0, read it, close) and handing the number to the coordinator races: between the close
+  and the coordinator's bind another process on the machine (a parallel test run, anything asking for an ephemeral
+  port) can take it, and then the coordinator cannot bind ("Failed to add port to server"), process 0 crashes and
+  process 1 waits out its timeout. portpicker.pick_unused_port has the same window (unless a port server runs).
+  Here the socket stays bound (not listening) with SO_REUSEPORT: the kernel never hands a bound port to anyone
+  else (bind to 0 skips it, a plain bind fails), while the coordinator's gRPC server, which also sets SO_REUSEPORT
+  (same user), can bind it. Nothing is delivered to a socket that does not listen."""
+  s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+  try:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind(("", 0))
+    yield s.getsockname()[1]
+  finally:
+    s.close()
+
+
+def test_reserved_port_is_taken_by_no_one_but_the_coordinator():
+  """While reserved, a plain bind of the port fails and bind-to-0 never returns it; a listener that sets
+  SO_REUSEPORT, as gRPC's server (the jax.distributed coordinator) does, binds and accepts on it."""
+  with reserved_port() as port:
+    with socket.socket() as other, pytest.raises(OSError):
+      other.bind(("127.0.0.1", port))
+    with socket.socket() as server:
+      server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+      server.bind(("127.0.0.1", port))
+      server.listen()
+      with socket.create_connection(("127.0.0.1", port), timeout=10):
+        conn, _ = server.accept()
+        conn.close()
+
+
 @pytest.mark.slow
 def test_two_processes_equal_one(tiny_reference, tmp_path):
   """jax.distributed over two local processes (2 CPU devices each, gloo), data axis of 4 = one process."""
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
   wd = str(tmp_path / "two")
   procs = []
-  for i in range(2):
-    cmd = [sys.executable, "-m", "tinyrs_jax.main", f"--workdir={wd}", *TINY,
-           f"--config.distributed.coordinator_address=127.0.0.1:{port}", "--config.distributed.num_processes=2",
-           f"--config.distributed.process_id={i}", "--config.distributed.initialization_timeout=120"]
-    procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True))
-  outs = [p.communicate(timeout=600) for p in procs]
+  with reserved_port() as port:  # held until both processes are done (see reserved_port)
+    for i in range(2):
+      cmd = [sys.executable, "-m", "tinyrs_jax.main", f"--workdir={wd}", *TINY,
+             f"--config.distributed.coordinator_address=127.0.0.1:{port}", "--config.distributed.num_processes=2",
+             f"--config.distributed.process_id={i}", "--config.distributed.initialization_timeout=120"]
+      procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True))
+    outs = [p.communicate(timeout=600) for p in procs]
   for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-6000:]
   assert "over 4 devices (2 processes)" in outs[0][1]

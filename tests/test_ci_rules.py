@@ -1,0 +1,101 @@
+"""CI cannot pass by skipping: under CI=true a skip for a missing test dependency or too few devices fails the
+run (tests/conftest.py), with what is missing and how to install it; other skips stay skips; every skip is
+listed with its reason (pytest.ini's -rfEs). Each case runs pytest in a subprocess on generated test files with
+a copy of this suite's conftest.py and pytest.ini."""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
+MODULE_SKIP = """
+import pytest
+pytest.importorskip("tinyrs_no_such_module")
+
+def test_never_runs():
+  pass
+"""
+
+IN_TEST_SKIPS = """
+import jax
+import pytest
+
+def test_passes():
+  pass
+
+def test_optional_dependency():
+  pytest.importorskip("tinyrs_no_such_module.sub")
+
+def test_needs_devices():
+  if jax.device_count() < 64:
+    pytest.skip("needs 64 (fake) devices")
+
+def test_legitimately_conditional():
+  pytest.skip("only on a TPU VM")
+
+@pytest.mark.skipif(True, reason="not on this platform")
+def test_marked():
+  pass
+"""
+
+
+def pytest_run(tmp_path, files: dict, ci: bool) -> subprocess.CompletedProcess:
+  for name in ("conftest.py", "pytest.ini"):
+    shutil.copy(os.path.join(TESTS if name == "conftest.py" else os.path.dirname(TESTS), name), tmp_path)
+  for name, text in files.items():
+    (tmp_path / name).write_text(text)
+  env = {k: v for k, v in os.environ.items() if k != "CI"}
+  if ci:
+    env["CI"] = "true"
+  return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_missing_module_dependency_fails_the_run_under_ci(tmp_path):
+  p = pytest_run(tmp_path, {"test_mod.py": MODULE_SKIP}, ci=True)
+  assert p.returncode != 0, p.stdout
+  assert "ERROR test_mod.py" in p.stdout, p.stdout
+  assert "CI=true, so this skip fails the run: the test dependency 'tinyrs_no_such_module' is missing" in p.stdout
+  assert 'pip install -e ".[test]"' in p.stdout
+  assert "test_mod.py:3:" in p.stdout, p.stdout  # where the importorskip is
+
+
+def test_in_test_dependency_and_device_skips_fail_others_stay_skips_under_ci(tmp_path):
+  p = pytest_run(tmp_path, {"test_in.py": IN_TEST_SKIPS}, ci=True)
+  assert p.returncode == 1, p.stdout
+  assert "2 failed, 1 passed, 2 skipped" in p.stdout, p.stdout
+  summary = p.stdout[p.stdout.index("short test summary info"):]
+  assert "FAILED test_in.py::test_optional_dependency - CI=true, so this skip fails the run: the test dependency " \
+         "'tinyrs_no_such_module' is missing" in summary, summary
+  assert "FAILED test_in.py::test_needs_devices - CI=true, so this skip fails the run: too few devices " \
+         "(needs 64 (fake) devices; jax sees" in summary, summary
+  assert "XLA_FLAGS=--xla_force_host_platform_device_count=8" in p.stdout
+  assert "SKIPPED [1] test_in.py:16: only on a TPU VM" in summary, summary
+  assert "SKIPPED [1] test_in.py:18: not on this platform" in summary, summary
+
+
+def test_without_ci_they_are_skips_listed_with_their_reasons(tmp_path):
+  p = pytest_run(tmp_path, {"test_mod.py": MODULE_SKIP, "test_in.py": IN_TEST_SKIPS}, ci=False)
+  assert p.returncode == 0, p.stdout
+  assert "1 passed, 5 skipped" in p.stdout, p.stdout
+  assert "SKIPPED [1] test_mod.py:3: could not import 'tinyrs_no_such_module'" in p.stdout, p.stdout
+  assert "SKIPPED [1] test_in.py:9: could not import 'tinyrs_no_such_module.sub'" in p.stdout, p.stdout
+  assert "SKIPPED [1] test_in.py:13: needs 64 (fake) devices" in p.stdout, p.stdout
+  assert "CI=true" not in p.stdout
+
+
+def test_ci_skip_classification():
+  import conftest
+  assert "'torch'" in conftest.ci_skip_problem("could not import 'torch': No module named 'torch'")
+  assert "'tensorflow-datasets'" in conftest.ci_skip_problem(
+      "could not import 'tensorflow_datasets': No module named 'tensorflow_datasets'")
+  assert "'transformers'" in conftest.ci_skip_problem(
+      "could not import 'transformers.models.qwen2_vl.image_processing_pil_qwen2_vl': No module named ...")
+  for devices in ("needs 8 (fake) devices", "needs 8 devices (XLA_FLAGS=--xla_force_host_platform_device_count=8)",
+                  "fewer than 2 devices", "device count too small"):
+    assert "too few devices" in conftest.ci_skip_problem(devices), devices
+  for legit in ("only on a TPU VM", "not on this platform", "slow", "GPU only"):
+    assert conftest.ci_skip_problem(legit) is None, legit
