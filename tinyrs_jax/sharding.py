@@ -104,6 +104,12 @@ def use_mesh(mesh: Mesh, rules=DEFAULT_RULES):
     _CURRENT.reset(token)
 
 
+def current_mesh() -> Mesh | None:
+  """The mesh `use_mesh` activated, or None outside it."""
+  cur = _CURRENT.get()
+  return None if cur is None else cur[0]
+
+
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
   """Sharding constraint on an activation by logical names; a no-op outside `use_mesh`."""
   cur = _CURRENT.get()

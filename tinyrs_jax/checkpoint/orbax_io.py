@@ -119,7 +119,13 @@ def _abstract(x):
   return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
 
 
-def load_model(path: str, dtype="float32", param_dtype=None):
+def load_model(path: str, dtype="float32", param_dtype=None, mesh=None):
+  """A Qwen2VL from one of our workdirs (or a checkpoints/<step> folder).
+
+  With `mesh`, every parameter is restored straight into its sharding on that mesh (its logical axis names
+  through the sharding rules): each device reads only its shard, nothing lands on device 0 first. Without a
+  mesh, the parameters go to the default device (one-device use)."""
+  from tinyrs_jax import sharding as sharding_lib
   from tinyrs_jax.models import presets
   from tinyrs_jax.models.qwen2_vl import Qwen2VL, as_dtype
   workdir, step = _find(path)
@@ -128,11 +134,15 @@ def load_model(path: str, dtype="float32", param_dtype=None):
   param_dtype = as_dtype(param_dtype or dtype)
   abstract = nnx.eval_shape(lambda: Qwen2VL(cfg, dtype=dtype, param_dtype=param_dtype))
   graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
-  params = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype,
-                                                       sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])),
-                        params)
+  if mesh is not None:
+    shardings = sharding_lib.state_shardings(params, mesh)
+    params = jax.tree.map(lambda v, s: v.replace(jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s.get_value())),
+                          params, shardings, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  else:
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    params = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=one), params)
   params = restore_params(workdir, step, params)
-  params = jax.tree.map(lambda x: jnp.asarray(x, param_dtype), params)
+  params = jax.tree.map(lambda x: x if x.dtype == param_dtype else x.astype(param_dtype), params)
   model = nnx.merge(graphdef, params, rest)
   model.source_dir = tokenizer_path(workdir, marker)  # save_hf and tools.predict take the tokenizer from here
   return model

@@ -52,15 +52,34 @@ class Qwen2VL(nnx.Module):
   # ------------------------------------------------------------------------------------------ pieces
 
   def embed(self, input_ids, pixel_values=None, image_grid_thw=None):
-    """Token embeddings with image features scattered into the image-pad positions (in slot order)."""
+    """Token embeddings with image features scattered into the image-pad positions (in slot order).
+
+    Under a mesh (`sharding.use_mesh`), with I = B x m image slots, the features are gathered row by row from
+    the row's own m slots (the pipeline's layout: row r's images in slots [r·m, r·m + m)): rows and their
+    slots are sharded alike over the data axes, so the gather stays on each device instead of all-gathering
+    every image's features. A batch that breaks that layout there (an image token of row r whose image sits
+    in another row's slots) gets NaN embeddings, loudly. Without a mesh (or when B does not divide I) the
+    features are gathered from all slots: any slot order works (Hugging Face's packed one included).
+    """
     x = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(self.dtype)
     if pixel_values is None or pixel_values.shape[0] == 0:
       return x
     feats = self.visual(pixel_values, image_grid_thw)  # (I, P/4, D)
     is_image, slot, within, _ = image_token_index(input_ids, image_grid_thw, self.cfg.image_token_id,
                                                   self.cfg.vision.spatial_merge_size)
-    within = jnp.clip(within, 0, feats.shape[1] - 1)
-    img = feats[slot, within]  # (B, L, D) gather
+    n_img, per_img, d = feats.shape
+    within = jnp.clip(within, 0, per_img - 1)
+    b = input_ids.shape[0]
+    if sharding.current_mesh() is not None and n_img % b == 0:  # a mesh is active (sharding.use_mesh)
+      m = n_img // b
+      local = slot - (jnp.arange(b, dtype=jnp.int32) * m)[:, None]  # the slot among the row's own m
+      rows = sharding.constrain(feats.reshape(b, m * per_img, d), ("batch", None, "act_embed"))
+      idx = jnp.clip(local, 0, m - 1) * per_img + within
+      img = jnp.take_along_axis(rows, idx[..., None], axis=1)  # (B, L, D), per row
+      outside = is_image & ((local < 0) | (local >= m))
+      img = jnp.where(outside[..., None], jnp.nan, img)
+    else:
+      img = feats[slot, within]  # (B, L, D) gather from every slot
     return jnp.where(is_image[..., None], img.astype(self.dtype), x)
 
   def positions(self, input_ids, attention_mask, image_grid_thw=None):

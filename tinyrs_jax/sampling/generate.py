@@ -93,28 +93,38 @@ def _prefill(graphdef, state, input_ids, attention_mask, pixel_values, image_gri
   cache = _constrain_cache(cache)
   h, cache, deltas = model.prefill(input_ids, attention_mask, pixel_values, image_grid_thw, cache)
   n_valid = attention_mask.sum(axis=1).astype(jnp.int32)
+  h = h[:, -1]  # the last position predicts the first new token: (B, D), before any repeat
   if num_samples > 1:  # reuse each prompt's prefill for its samples: repeat cache rows, not compute
     rep = functools.partial(jnp.repeat, repeats=num_samples, axis=0)
     cache = KVCache(jnp.repeat(cache.k, num_samples, axis=1), jnp.repeat(cache.v, num_samples, axis=1),
                     rep(cache.key_mask))
     cache = _constrain_cache(cache)
     h, deltas, n_valid = rep(h), rep(deltas), rep(n_valid)
-  logits = model.logits(h[:, -1])
+  logits = model.logits(h)
   tokens, logprobs = sample(logits, rng, temperature, top_k, top_p, mode)
   return cache, tokens, logprobs, n_valid + deltas  # next text position of each row
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "buffer", "mode"))
-def _decode(graphdef, state, cache, first_tokens, first_logprobs, next_pos, start_slot, max_new, rng,
-            temperature, top_k, top_p, eos_ids, pad_id, *, buffer: int, mode: str):
-  """Generates up to max_new (<= buffer) tokens; the first came from prefill."""
+def _decode_impl(graphdef, state, cache, first_tokens, first_logprobs, next_pos, start_slot, max_new, rng,
+            temperature, top_k, top_p, eos_ids, pad_id, *, buffer: int, mode: str, unroll_layers: bool = False):
+  """Generates up to max_new (<= buffer) tokens; the first came from prefill. `_decode` donates the cache: the
+  loop writes into prefill's buffers instead of a second cache.
+
+  unroll_layers (static): False (TPU, GPU) runs each step's layers as a scan over the stacked weights and the
+  stacked cache, so no weights are copied. True (XLA:CPU, where slicing the stacked arrays inside the loop
+  copies them on every step: 0.81x instead of 1.26x transformers at batch 8) slices the decoder weights per
+  layer once, outside the loop, cast to the compute dtype: a transient copy of the decoder weights (at the
+  compute dtype: half the fp32 weights in bf16) for the duration of the call."""
   _COMPILES["decode"] += 1
   model = nnx.merge(graphdef, state)
-  # Weights sliced per layer once, outside the loop: slicing the stacked arrays inside the loop copies them on
-  # every step on XLA:CPU (0.81x instead of 1.26x transformers at batch 8). The price is a transient copy of
-  # the decoder weights for the duration of the call; see the AOT memory reports before relying on it at 2B.
-  layers = model.decoder.unstacked_layers()
-  cache = _constrain_cache(cache.unstacked())
+  if unroll_layers:
+    gd, per_layer = model.decoder.unstacked_layers()
+    layers = (gd, jax.tree.map(lambda a: a.astype(model.dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a,
+                               per_layer))
+    cache = _constrain_cache(cache.unstacked())
+  else:
+    layers = None
+    cache = _constrain_cache(cache)
   rows = first_tokens.shape[0]
   tokens = jnp.full((rows, buffer), pad_id, jnp.int32).at[:, 0].set(first_tokens)
   logprobs = jnp.zeros((rows, buffer), jnp.float32).at[:, 0].set(first_logprobs)
@@ -143,9 +153,16 @@ def _decode(graphdef, state, cache, first_tokens, first_logprobs, next_pos, star
   i, cache, tokens, logprobs, _, done, lengths = jax.lax.while_loop(
       cond, body, (jnp.int32(1), cache, tokens, logprobs, rng, done, lengths))
   lengths = jnp.where(done, lengths, max_new)
-  # rows stay where their prompts were: each process reads back its own rows
+  # rows stay where their prompts were: each process reads back its own rows. The cache is returned (and
+  # dropped by the caller) so that the donated input, the loop's carry and the output share one buffer.
   return (sharding.constrain(tokens, ("batch", None)), sharding.constrain(logprobs, ("batch", None)),
-          sharding.constrain(lengths, ("batch",)))
+          sharding.constrain(lengths, ("batch",)), cache)
+
+
+_decode = jax.jit(_decode_impl, static_argnames=("graphdef", "buffer", "mode", "unroll_layers"),
+                  donate_argnames=("cache",))
+# The unrolled variant re-buffers the cache per layer, so prefill's stacked buffers cannot be reused: no donation.
+_decode_unrolled = jax.jit(_decode_impl, static_argnames=("graphdef", "buffer", "mode", "unroll_layers"))
 
 
 def _constrain_cache(cache: KVCache) -> KVCache:
@@ -184,6 +201,35 @@ def left_pad_prompts(batch: dict, *, pad_token_id: int, patch_dim: int,
   return {"input_ids": out_ids, "attention_mask": out_mask, "pixel_values": slots, "image_grid_thw": grids}
 
 
+def rows_own_slots(static: dict, image_token_id: int, merge_unit: int,
+                   slot_buckets: Sequence[int] = batch_lib.DEFAULT_IMAGE_SLOT_BUCKETS) -> dict:
+  """Packed image slots (image k in slot k, as left_pad_prompts makes them from flat images) -> the pipeline's
+  layout: m slots per row, row r's images in slots [r·m, r·m + n_r). On a mesh the model gathers each row's
+  features from its own slots only (models/qwen2_vl.py `embed`)."""
+  ids, grids, slots = static["input_ids"], static["image_grid_thw"], static["pixel_values"]
+  if len(grids) == 0:
+    return static
+  tokens = batch_lib.image_patch_counts(grids) // merge_unit
+  per_row = (np.asarray(ids) == image_token_id).sum(axis=1)
+  owner, k = [], 0
+  for r, n in enumerate(per_row):
+    got = 0
+    while got < n and k < len(tokens):
+      owner.append(r)
+      got += int(tokens[k])
+      k += 1
+  counts = np.bincount(np.asarray(owner, np.int64), minlength=len(per_row)) if owner else np.zeros(len(per_row))
+  m = batch_lib.round_up_to_bucket(max(int(counts.max()), 1), slot_buckets)
+  new_slots = np.zeros((len(per_row) * m,) + slots.shape[1:], slots.dtype)
+  new_grids = np.zeros((len(per_row) * m, 3), np.int32)
+  filled = np.zeros(len(per_row), np.int64)
+  for img, r in enumerate(owner):
+    new_slots[r * m + filled[r]] = slots[img]
+    new_grids[r * m + filled[r]] = grids[img]
+    filled[r] += 1
+  return dict(static, pixel_values=new_slots, image_grid_thw=new_grids)
+
+
 def generate(model, batch: dict, *, max_new_tokens: int, temperature: float = 0.0, top_k: int = 0,
              top_p: float = 1.0, seed: int = 0, eos_token_ids=None, num_samples: int = 1,
              length_buckets: Sequence[int] = batch_lib.PROMPT_LENGTH_BUCKETS,
@@ -197,6 +243,9 @@ def generate(model, batch: dict, *, max_new_tokens: int, temperature: float = 0.
   pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else 0
   static = left_pad_prompts(batch, pad_token_id=pad_id, patch_dim=cfg.vision.patch_dim,
                             length_buckets=length_buckets)
+  pv = batch.get("pixel_values")
+  if mesh is not None and pv is not None and np.asarray(pv).ndim == 2:  # flat images: per-row slots on a mesh
+    static = rows_own_slots(static, cfg.image_token_id, cfg.vision.merge_unit)
   batch_lib.check_image_tokens(static["input_ids"], static["image_grid_thw"], cfg.image_token_id,
                                cfg.vision.merge_unit)
   buffer = batch_lib.round_up_to_bucket(max_new_tokens, new_token_buckets)
@@ -221,17 +270,26 @@ def generate(model, batch: dict, *, max_new_tokens: int, temperature: float = 0.
       arrays = {k: sharding.host_to_global(v, sharding.named_sharding(
           mesh, ("images" if k in ("pixel_values", "image_grid_thw") else "batch",) + (None,) * (v.ndim - 1),
           _global_rows(v.shape)), what=f"generate: {k}") for k, v in static.items()}
+    unroll = _platform(mesh) == "cpu"
     cache, first, first_lp, next_pos = _prefill(
         graphdef, state, arrays["input_ids"], arrays["attention_mask"], arrays["pixel_values"],
         arrays["image_grid_thw"], rng_prefill, *scalars, cache_size=cache_size, num_samples=num_samples,
         mode=mode)
-    tokens, logprobs, lengths = _decode(
+    tokens, logprobs, lengths, _ = (_decode_unrolled if unroll else _decode)(
         graphdef, state, cache, first, first_lp, next_pos, jnp.int32(prompt_len), jnp.int32(max_new_tokens),
-        rng_decode, *scalars, jnp.asarray(eos), jnp.int32(pad_id), buffer=buffer, mode=mode)
+        rng_decode, *scalars, jnp.asarray(eos), jnp.int32(pad_id), buffer=buffer, mode=mode,
+        unroll_layers=unroll)
   tokens, logprobs = tokens[:, :max_new_tokens], logprobs[:, :max_new_tokens]
   if not return_device_arrays:  # this process's rows (all rows with one process)
     tokens, logprobs, lengths = (sharding.global_to_host(x) for x in (tokens, logprobs, lengths))
   return Generation(tokens, logprobs, lengths, prompt_len)
+
+
+def _platform(mesh) -> str:
+  """The platform generation runs on: the mesh's devices', else JAX's default backend."""
+  if mesh is not None:
+    return mesh.devices.flat[0].platform
+  return jax.default_backend()
 
 
 def _global_rows(shape) -> tuple:

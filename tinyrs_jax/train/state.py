@@ -154,7 +154,9 @@ def make_train_step(model: Model, opt: optim_lib.Optimizer, loss_fn: Callable[..
   With grad_accum > 1 every batch array has a leading microbatch axis of that size; gradients, losses,
   weights and metric sums are added over microbatches (lax.scan, one microbatch's activations live at a time)
   and divided by the total weight once. A batch without supervised tokens (weight 0) leaves params and optimizer
-  state untouched (metrics "skipped" = 1); the step counter still advances.
+  state untouched (metrics "skipped" = 1) and does not count as a step: state.step, which drives the
+  learning-rate schedule (the logged lr is the one applied) and the checkpoint numbering, stays where it was,
+  like the optimizer's own count, so the logged and the applied schedules never drift apart.
   """
   mask = opt.mask
 
@@ -194,7 +196,8 @@ def make_train_step(model: Model, opt: optim_lib.Optimizer, loss_fn: Callable[..
                "skipped": skip.astype(jnp.float32), **report_metrics(out.metrics, weight)}
     for g, sched in opt.schedules.items():
       metrics[f"lr/{g}"] = jnp.asarray(sched(state.step), jnp.float32)
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    new_state = state.replace(step=state.step + jnp.where(skip, 0, 1).astype(state.step.dtype), params=params,
+                              opt_state=opt_state)
     return new_state, metrics
 
   return step

@@ -1,0 +1,714 @@
+"""Will it fit? Ahead-of-time compiles of every program a stage runs, for a TPU topology or GPUs, on this CPU.
+
+    pip install -e ".[tpu]"      # libtpu: compiles for TPU topologies without a TPU
+    python -m tinyrs_jax.tools.aot --config=configs/pretrain.py --target=v5e-16 [--config.field=value ...]
+    python -m tinyrs_jax.tools.aot --config=configs/grpo.py --target=v5p-8 --json=/tmp/grpo_v5p.json
+    pip install -e ".[gpu]"      # jax[cuda12]: the same for GPUs (compile-only devices, no driver needed)
+    python -m tinyrs_jax.tools.aot --config=configs/cot.py --target=h100x8
+
+For the stage's real shapes (its batch and microbatch, the largest length bucket its max_length allows, the
+patches its data.max_pixels give an image, G and max_new_tokens for GRPO) it lowers and compiles, on the target's
+mesh (config.mesh), exactly the programs the trainer runs:
+  SFT stages   train_step (state.make_train_step, donated state) and eval_step;
+  GRPO         rollout_prefill / rollout_decode (sampling/generate.py's jitted parts, G samples per prompt),
+               ref_logps (the scoring pass, grpo_trainer.make_score_fn, when beta > 0; old_logps too when
+               num_iterations > 1), update (the train step with the registered "grpo" loss on the batch
+               grpo_trainer.train_step builds), eval_prefill / eval_decode (greedy held-out generation).
+Per chip it prints arguments, outputs, temporaries, aliased bytes and "other live": long-lived buffers the
+program does not take but which stay in device memory while it runs (the optimizer state during a rollout, the
+frozen reference model). total = arguments + outputs + temporaries - aliased + other live, against the chip's
+capacity; FLOPs per step from the compiled program (cost_analysis; XLA counts a loop body once, so scanned
+layers are under-counted) and from the model's own count, and the MFU a step of --step_time seconds would
+reach. TPU: libtpu refuses a program above the chip's memory (RESOURCE_EXHAUSTED); that is reported as not
+fitting, with the bytes it asked for. GPU: a compile never fails for size; the total is compared with the
+device's memory (and with the 75 % JAX preallocates by default).
+
+Exit status 0 when every program fits, 1 when one does not. When something does not fit, the standard levers
+are tried in order, each kept once tried: remat_policy=full, fsdp over all chips (of a slice), more
+microbatches (grad_accum_steps), a smaller image budget (data.max_pixels); the first configuration that fits is
+printed as the --config. flags to add.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import re
+import sys
+import time
+from typing import Any, Callable
+
+os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # no metadata server to ask: this is not a TPU VM
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # compile-only: several processes may load libtpu
+
+GiB = 1024 ** 3
+
+# ------------------------------------------------------------------------------------------------ targets
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+  name: str
+  platform: str  # "tpu" or "cuda"
+  topology: str  # TPU: "v5e:4x4"; GPU: "partitions x hosts x devices per host", e.g. "1x1x8"
+  chip: str  # key of CHIPS
+  num_slices: int = 1
+
+  @property
+  def spec(self) -> "Chip":
+    return CHIPS[self.chip]
+
+  @property
+  def num_chips(self) -> int:
+    return math.prod(int(x) for x in self.topology.split(":")[-1].split("x")) // self.spec.per_chip_devices_div \
+        * self.num_slices
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+  kind: str
+  capacity: int  # bytes a program may use per device
+  peak_tflops: float  # bf16 dense
+  chip_config: str = "default"  # TPU: "megacore" for v4 / v5p
+  per_chip_devices_div: int = 1
+  gpu_spec: str = ""  # GPU: GpuTargetConfigProto text
+
+
+def _gpu_spec(name: str, sms: int, bandwidth: float, l2: int, clock: float, memory: int) -> str:
+  """A minimal GpuTargetConfigProto (text) for a Hopper GPU; runtime and cuDNN versions set so the GEMM
+  rewriter uses cuBLASLt as on a real machine."""
+  return f"""gpu_device_info {{
+  threads_per_block_limit: 1024
+  threads_per_warp: 32
+  shared_memory_per_block: 49152
+  shared_memory_per_core: 233472
+  threads_per_core_limit: 2048
+  core_count: {sms}
+  fpus_per_core: 128
+  block_dim_limit_x: 2147483647
+  block_dim_limit_y: 65535
+  block_dim_limit_z: 65535
+  memory_bandwidth: {int(bandwidth)}
+  l2_cache_size: {l2}
+  clock_rate_ghz: {clock}
+  device_memory_size: {memory}
+  shared_memory_per_block_optin: 232448
+  cuda_compute_capability {{ major: 9 minor: 0 }}
+  registers_per_core_limit: 65536
+  registers_per_block_limit: 65536
+}}
+platform_name: "CUDA"
+dnn_version_info {{ major: 9 minor: 8 patch: 0 }}
+runtime_version {{ major: 12 minor: 8 }}
+device_description_str: "{name}"
+"""
+
+
+H100_BYTES = 84_942_979_072  # XLA's GPU specs, H100 SXM
+H200_BYTES = 151_397_597_184
+
+# Capacities of TPU chips: what libtpu reports as available when it refuses a bigger program (measured here).
+CHIPS = {
+    "v4": Chip("TPU v4", int(30.75 * GiB), 275.0, "megacore"),
+    "v5e": Chip("TPU v5 lite", int(15.75 * GiB), 197.0),
+    "v5p": Chip("TPU v5", int(95.74 * GiB), 459.0, "megacore"),
+    "v6e": Chip("TPU v6 lite", int(31.25 * GiB), 918.0),
+    "h100": Chip("NVIDIA H100 80GB HBM3", H100_BYTES, 989.0,
+                 gpu_spec=_gpu_spec("NVIDIA H100 80GB HBM3", 132, 3.35e12, 52428800, 1.98, H100_BYTES)),
+    "h200": Chip("NVIDIA H200", H200_BYTES, 989.0,
+                 gpu_spec=_gpu_spec("NVIDIA H200", 132, 4.8e12, 52428800, 1.98, H200_BYTES)),
+}
+
+TARGETS = {
+    "v4-8": Target("v4-8", "tpu", "v4:2x2x1", "v4"),
+    "v5e-8": Target("v5e-8", "tpu", "v5e:2x4", "v5e"),
+    "v5e-16": Target("v5e-16", "tpu", "v5e:4x4", "v5e"),
+    "v5p-8": Target("v5p-8", "tpu", "v5:2x2x1", "v5p"),
+    "v6e-8": Target("v6e-8", "tpu", "v6e:2x4", "v6e"),
+    "h100x1": Target("h100x1", "cuda", "1x1x1", "h100"),
+    "h100x8": Target("h100x8", "cuda", "1x1x8", "h100"),
+    "h200x1": Target("h200x1", "cuda", "1x1x1", "h200"),
+    "h200x8": Target("h200x8", "cuda", "1x1x8", "h200"),
+}
+_TOPOLOGY_CHIP = {"v4": "v4", "v5e": "v5e", "v5litepod": "v5e", "v5": "v5p", "v5p": "v5p", "v6e": "v6e"}
+
+
+def parse_target(name: str) -> Target:
+  """A named target (TARGETS), `<named>x<slices>` (multi-slice, e.g. v5e-16x2), `h100x16` (GPUs: 8 per host),
+  or a raw TPU topology `v5e:4x8` (optionally `v5e:4x8/2` for 2 slices)."""
+  if name in TARGETS:
+    return TARGETS[name]
+  m = re.fullmatch(r"(v[\w-]+-\d+)x(\d+)", name)
+  if m and m.group(1) in TARGETS and TARGETS[m.group(1)].platform == "tpu":
+    return dataclasses.replace(TARGETS[m.group(1)], name=name, num_slices=int(m.group(2)))
+  m = re.fullmatch(r"(h100|h200)x(\d+)", name)
+  if m:
+    n = int(m.group(2))
+    hosts, per_host = (1, n) if n <= 8 else (n // 8, 8)
+    if hosts * per_host != n:
+      raise ValueError(f"{name}: more than 8 GPUs come as whole hosts of 8")
+    return Target(name, "cuda", f"1x{hosts}x{per_host}", m.group(1))
+  m = re.fullmatch(r"(v\w+):([\dx]+)(?:/(\d+))?", name)
+  if m and m.group(1) in _TOPOLOGY_CHIP:
+    return Target(name, "tpu", f"{m.group(1)}:{m.group(2)}", _TOPOLOGY_CHIP[m.group(1)], int(m.group(3) or 1))
+  raise ValueError(f"unknown target {name!r}; named: {sorted(TARGETS)}, or <tpu target>x<slices> (v5e-16x2), "
+                   "h100x<n> / h200x<n>, or a raw TPU topology such as v5e:4x8 (v5e:4x8/2 for two slices)")
+
+
+_DEVICES: dict = {}
+
+
+def target_devices(target: Target) -> list:
+  """Compile-only devices of the target (needs libtpu for TPU, jax[cuda12] for GPU), made once per process:
+  programs traced for one mesh must meet the same device objects when the levers rebuild it."""
+  if target not in _DEVICES:
+    _DEVICES[target] = _make_devices(target)
+  return _DEVICES[target]
+
+
+def _make_devices(target: Target) -> list:
+  import jax
+  from jax.experimental import topologies
+  if target.platform == "tpu":
+    try:
+      import libtpu  # noqa: F401
+    except ImportError as e:
+      raise RuntimeError("TPU targets need libtpu: pip install -e \".[tpu]\" (jax[tpu] at this jax version)") from e
+    kw = dict(platform="tpu", topology_name=target.topology, chip_config_name=target.spec.chip_config)
+    dims = [int(x) for x in target.topology.split(":")[1].split("x")] + [1]
+    if dims[0] < 2 or dims[1] < 2:  # fewer chips than a host holds (e.g. v5e:1x1): a host of that size
+      kw["chips_per_host_bounds"] = (min(dims[0], 2), min(dims[1], 2), 1)
+    if target.num_slices > 1:
+      kw["num_slices"] = target.num_slices
+    topo = topologies.get_topology_desc(**kw)
+  else:
+    try:
+      topo = topologies.get_topology_desc(platform="cuda", target_config=target.spec.gpu_spec,
+                                          topology=target.topology)
+    except Exception as e:
+      raise RuntimeError(f"GPU targets need the CUDA plugin (pip install -e \".[gpu]\") and jax_platforms=cpu "
+                         f"on a machine without a GPU: {type(e).__name__}: {e}") from e
+  devices = list(topo.devices)
+  if target.num_slices > 1:  # slices outermost, so the data axis (over slices) crosses DCN
+    devices.sort(key=lambda d: (getattr(d, "slice_index", 0), d.id))
+  del jax
+  return devices
+
+
+# ------------------------------------------------------------------------------------------------ programs
+
+
+@dataclasses.dataclass
+class Program:
+  name: str
+  lower: Callable[[], Any]  # () -> jax.stages.Lowered
+  live_args: tuple[str, ...] = ()  # which long-lived buffers (of the stage's live set) are its arguments
+  model_flops: float = 0.0  # per step, all devices
+
+
+@dataclasses.dataclass
+class Result:
+  name: str
+  fits: bool
+  arguments: int = 0
+  outputs: int = 0
+  temporaries: int = 0
+  aliased: int = 0
+  other_live: int = 0
+  total: int = 0
+  capacity: int = 0
+  flops_compiled: float = 0.0
+  model_flops_per_chip: float = 0.0
+  mfu: float = 0.0
+  compile_s: float = 0.0
+  error: str = ""
+
+
+def per_device_bytes(tree) -> int:
+  """Bytes one device holds of a tree of ShapeDtypeStructs / arrays with shardings (the largest shard)."""
+  import jax
+  import numpy as np
+  total = 0
+  for x in jax.tree.leaves(tree):
+    shape = tuple(x.shape)
+    sh = getattr(x, "sharding", None)
+    if sh is not None and shape:
+      shape = sh.shard_shape(shape)
+    total += int(np.prod(shape, dtype=np.int64)) * np.dtype(x.dtype).itemsize
+  return total
+
+
+def _load_config_module(path: str):
+  import importlib.util
+  name, _, arg = path.partition(":")
+  spec = importlib.util.spec_from_file_location(f"_aot_config_{os.path.basename(name)[:-3]}", name)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config(arg or None)
+
+
+def _image_cfg(config):
+  from tinyrs_jax.data.image_processor import ImageProcessorConfig
+  return ImageProcessorConfig(min_pixels=int(config.data.min_pixels), max_pixels=int(config.data.max_pixels))
+
+
+class _ImagesOnly:
+  """What pipeline.usable_buckets needs of a Processor (its image config): the AOT tool has no tokenizer."""
+
+  def __init__(self, image_cfg):
+    self.image_cfg = image_cfg
+
+
+def stage_shapes(config) -> dict:
+  """The largest shapes the stage's data can produce: length bucket, patches per image slot."""
+  from tinyrs_jax.data import pipeline
+  from tinyrs_jax.models import batch as batch_lib
+  d = config.data
+  lb = tuple(d.length_buckets) or batch_lib.DEFAULT_LENGTH_BUCKETS
+  pb = tuple(d.patch_buckets) or batch_lib.DEFAULT_PATCH_BUCKETS
+  lengths, patches = pipeline.usable_buckets(_ImagesOnly(_image_cfg(config)), max_length=int(d.max_length),
+                                             length_buckets=lb, patch_buckets=pb)
+  return {"length": lengths[-1], "patches": patches[-1], "images_per_row": 1}
+
+
+def build_programs(config, mesh) -> tuple[list[Program], dict]:
+  """(programs of the stage, long-lived buffers {name: abstract tree}) on `mesh` (compile-only devices)."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from flax import nnx
+
+  from tinyrs_jax import sharding as sharding_lib
+  from tinyrs_jax.models import batch as batch_lib
+  from tinyrs_jax.models import presets
+  from tinyrs_jax.sampling import generate as gen_lib
+  from tinyrs_jax.train import input as input_lib
+  from tinyrs_jax.train import losses as losses_lib
+  from tinyrs_jax.train import metrics as metrics_lib
+  from tinyrs_jax.train import optimizer as optim_lib
+  from tinyrs_jax.train import state as state_lib
+
+  cfg = presets.get_preset(config.model.preset)
+  model = state_lib.make_model(cfg, dtype=config.model.dtype, param_dtype=config.model.get("param_dtype", "float32"),
+                               remat_policy=config.model.get("remat_policy", "none"))
+  grpo = config.trainer == "grpo"
+  opt = optim_lib.make_optimizer(config.optim, model.abstract_params, 1000)
+  sh = state_lib.state_shardings(model, opt, mesh)
+  abstract = state_lib.abstract_state(model, opt, sh)
+  shapes = stage_shapes(config)
+  length, patches, m = shapes["length"], shapes["patches"], shapes["images_per_row"]
+  accum = int(config.get("grad_accum_steps", 1))
+  if config.batch_size % accum:
+    raise ValueError(f"batch_size {config.batch_size} not divisible by grad_accum_steps {accum}")
+  micro = config.batch_size // accum
+  data_axes = mesh.shape["data"] * mesh.shape["fsdp"]
+  input_lib.check_batch_split(micro, data_axes, 1, "microbatch (batch_size / grad_accum_steps)")
+  patch_dim = cfg.vision.patch_dim
+  trainable = optim_lib.trainable_groups(model.abstract_params, opt.mask)
+
+  def sds(shape, dtype):
+    return jax.ShapeDtypeStruct(tuple(shape), dtype)
+
+  def placed(batch, accum_axis):
+    bsh = state_lib.batch_shardings(mesh, batch, accum if accum_axis else 1)
+    return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=bsh[k]) for k, v in batch.items()}, bsh
+
+  def stack(batch):
+    return {k: sds((accum,) + v.shape, v.dtype) for k, v in batch.items()} if accum > 1 else batch
+
+  def lower_step(fn, state_abs, state_sh, batch, *, donate, out_shardings=None, accum_axis=True):
+    b, bsh = placed(batch, accum_axis)
+    jitted = jax.jit(fn, in_shardings=(state_sh, bsh), out_shardings=out_shardings,
+                     donate_argnums=(0,) if donate else ())
+
+    def lower():
+      with sharding_lib.use_mesh(mesh):
+        return jitted.lower(state_abs, b)
+    return lower
+
+  def host_flops(rows, length_, slots, supervised=True):
+    b = {"attention_mask": np.ones((rows, length_), np.int32),
+         "image_grid_thw": np.tile(np.asarray([[1, int(math.isqrt(patches)), patches // int(math.isqrt(patches))]]),
+                                   (slots, 1))}
+    if not supervised:
+      b["loss_mask"] = np.zeros((rows, length_), np.int32)
+    return metrics_lib.batch_model_flops(cfg, b, train_vision=trainable["vision"], train_merger=trainable["merger"])
+
+  live = {"train_state": abstract}
+  programs: list[Program] = []
+  if not grpo:
+    loss_cfg = config.loss
+    kwargs = {k: v for k, v in loss_cfg.items() if k != "name"}
+    loss = losses_lib.get_loss(loss_cfg.name)
+    loss_fn = lambda mdl, b, r: loss(mdl, b, r, **kwargs)  # noqa: E731
+    one = {"input_ids": sds((micro, length), jnp.int32), "attention_mask": sds((micro, length), jnp.int32),
+           "loss_mask": sds((micro, length), jnp.int32), "pixel_values": sds((micro * m, patches, patch_dim),
+                                                                            jnp.float32),
+           "image_grid_thw": sds((micro * m, 3), jnp.int32)}
+    step = state_lib.make_train_step(model, opt, loss_fn, grad_accum=accum)
+    programs.append(Program("train_step", lower_step(step, abstract, sh, stack(one), donate=True),
+                            live_args=("train_state",),
+                            model_flops=accum * host_flops(micro, length, micro * m)))
+    eval_rows = input_lib.eval_batch_size(config)
+    input_lib.check_batch_split(eval_rows, data_axes, 1, "eval batch size")
+    ev = {k: sds((eval_rows,) + v.shape[1:], v.dtype) for k, v in one.items()}
+    ev["pixel_values"] = sds((eval_rows * m, patches, patch_dim), jnp.float32)
+    ev["image_grid_thw"] = sds((eval_rows * m, 3), jnp.int32)
+    programs.append(Program("eval_step", lower_step(state_lib.make_eval_step(model, loss_fn), abstract.params,
+                                                    sh.params, ev, donate=False,
+                                                    out_shardings=state_lib.replicated(mesh), accum_axis=False),
+                            live_args=("train_state.params",),
+                            model_flops=host_flops(eval_rows, length, eval_rows * m) / 3.0))
+    return programs, live
+
+  # ---------------------------------------------------------------------------------------------- GRPO
+  from tinyrs_jax.train import grpo_trainer
+  g = config.grpo
+  group, max_new = int(g.num_generations), int(g.max_new_tokens)
+  prompts = config.batch_size
+  input_lib.check_batch_split(prompts, data_axes, 1, "batch_size (prompts per step)")
+  buffer = batch_lib.round_up_to_bucket(max_new, gen_lib.NEW_TOKEN_BUCKETS)
+  beta = float(g.beta)
+  mu = int(g.num_iterations)
+  compute_dtype = jnp.bfloat16 if str(config.model.dtype) in ("bfloat16", "bf16") else jnp.float32
+  if beta != 0:  # the frozen reference policy, held in the compute dtype, sharded like the params
+    live["ref_params"] = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, compute_dtype, sharding=s),
+                                      model.abstract_params, sh.params)
+
+  policy = model.merge(jax.tree.map(lambda a: a, abstract.params))  # abstract params (with shardings)
+  graphdef, state = nnx.split(policy)
+  key = jax.eval_shape(lambda: jax.random.key(0))
+  f32, i32 = jax.ShapeDtypeStruct((), jnp.float32), jax.ShapeDtypeStruct((), jnp.int32)
+  rep = state_lib.replicated(mesh)
+  with_rep = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep)  # noqa: E731
+  unroll = False  # TPU / GPU: decode scans the stacked layers (no weight copy)
+
+  def rollout(name, rows, greedy):
+    prompt = {"input_ids": sds((rows, length), jnp.int32), "attention_mask": sds((rows, length), jnp.int32),
+              "pixel_values": sds((rows * m, patches, patch_dim), jnp.float32),
+              "image_grid_thw": sds((rows * m, 3), jnp.int32)}
+    b, _ = placed(prompt, False)
+    samples = 1 if greedy else group
+    mode = "greedy" if greedy else ("sample" if int(g.top_k) == 0 and float(g.top_p) >= 1.0 else "sample_filtered")
+    args = (state, b["input_ids"], b["attention_mask"], b["pixel_values"], b["image_grid_thw"], with_rep(key),
+            with_rep(f32), with_rep(i32), with_rep(f32))
+    static = dict(cache_size=length + buffer, num_samples=samples, mode=mode)
+
+    def lower_prefill():
+      with sharding_lib.use_mesh(mesh):
+        return gen_lib._prefill.lower(graphdef, *args, **static)
+
+    n = rows * samples
+    row_sh = sharding_lib.named_sharding(mesh, ("batch",), (n,))
+
+    def lower_decode():
+      with sharding_lib.use_mesh(mesh):
+        out = jax.eval_shape(lambda *a: gen_lib._prefill(graphdef, *a, **static), *args)
+        cache_sh = _cache_shardings(out[0], mesh)
+        cache = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), out[0], cache_sh)
+        tok = jax.ShapeDtypeStruct((n,), jnp.int32, sharding=row_sh)
+        lp = jax.ShapeDtypeStruct((n,), jnp.float32, sharding=row_sh)
+        return gen_lib._decode.lower(graphdef, state, cache, tok, lp, tok, with_rep(i32), with_rep(i32),
+                                     with_rep(key), with_rep(f32), with_rep(i32), with_rep(f32),
+                                     jax.ShapeDtypeStruct((2,), jnp.int32, sharding=rep), with_rep(i32),
+                                     buffer=buffer, mode=mode, unroll_layers=unroll)
+
+    # rollout FLOPs: prefill of the prompts, then one token per sample per step (forward only: 1/3 of training)
+    fwd = host_flops(rows, length, rows * m, supervised=False) / 3.0
+    per_token = metrics_lib.text_flops_per_token(cfg) + 2.0 * cfg.text.hidden_size * cfg.text.vocab_size
+    return [Program(f"{name}_prefill", lower_prefill, live_args=("train_state.params",), model_flops=fwd),
+            Program(f"{name}_decode", lower_decode, live_args=("train_state.params",),
+                    model_flops=per_token * n * max_new)]
+
+  programs += rollout("rollout", prompts, greedy=False)
+  pm = prompts // accum
+  n_micro = pm * group
+  grpo_batch = {"prompt_ids": sds((pm, length), jnp.int32), "prompt_mask": sds((pm, length), jnp.int32),
+                "pixel_values": sds((pm * m, patches, patch_dim), jnp.float32),
+                "image_grid_thw": sds((pm * m, 3), jnp.int32), "completion_ids": sds((n_micro, max_new), jnp.int32),
+                "completion_mask": sds((n_micro, max_new), jnp.int32)}
+  score_fn = grpo_trainer.make_score_fn(model, temperature=float(g.temperature), chunk_size=int(config.loss.chunk_size),
+                                        grad_accum=accum)
+  logp_sh = sharding_lib.named_sharding(mesh, ((None,) if accum > 1 else ()) + ("batch", None))
+  score_flops = host_flops(n_micro, length + max_new, n_micro * m, supervised=False) / 3.0 * accum
+  if beta != 0:
+    ref_abs = live["ref_params"]
+    programs.append(Program("ref_logps", lower_step(score_fn, ref_abs, jax.tree.map(lambda x: x.sharding, ref_abs),
+                                                    stack(grpo_batch), donate=False, out_shardings=logp_sh),
+                            live_args=("ref_params",), model_flops=score_flops))
+  if mu > 1:
+    programs.append(Program("old_logps", lower_step(score_fn, abstract.params, sh.params, stack(grpo_batch),
+                                                    donate=False, out_shardings=logp_sh),
+                            live_args=("train_state",), model_flops=score_flops))
+  update = dict(grpo_batch, sampler_logps=sds((n_micro, max_new), jnp.float32), advantages=sds((n_micro,), jnp.float32))
+  if beta != 0:
+    update["ref_logps"] = sds((n_micro, max_new), jnp.float32)
+  if mu > 1:
+    update["old_logps"] = sds((n_micro, max_new), jnp.float32)
+  loss_kwargs = grpo_trainer.grpo_loss_kwargs(config)
+  loss = losses_lib.get_loss(config.loss.name)
+  step = state_lib.make_train_step(model, opt, lambda mdl, b, r: loss(mdl, b, r, **loss_kwargs), grad_accum=accum)
+  programs.append(Program("update", lower_step(step, abstract, sh, stack(update), donate=True),
+                          live_args=("train_state",), model_flops=3.0 * score_flops))
+  eval_rows = int(config.eval.get("batch_size", 0) or config.batch_size)
+  input_lib.check_batch_split(eval_rows, data_axes, 1, "eval batch size")
+  programs += rollout("eval", eval_rows, greedy=True)
+  return programs, live
+
+
+def _cache_shardings(cache, mesh):
+  """The shardings prefill gives its cache (generate.py's _constrain_cache), for decode's arguments."""
+  from tinyrs_jax import sharding as sharding_lib
+  names = ("layers", "batch", "length", "act_kv_heads", None)
+  return type(cache)(sharding_lib.named_sharding(mesh, names, cache.k.shape),
+                     sharding_lib.named_sharding(mesh, names, cache.v.shape),
+                     sharding_lib.named_sharding(mesh, ("batch", "length"), cache.key_mask.shape))
+
+
+# ------------------------------------------------------------------------------------------------ compiling
+
+_COMPILED: dict = {}  # (target, lowered text hash) -> memory numbers, or the compiler's refusal
+_EXHAUSTED = re.compile(r"RESOURCE_EXHAUSTED|Ran out of memory|exceeds the memory", re.IGNORECASE)
+
+
+def _bytes_in(msg: str) -> str:
+  found = re.findall(r"([\d.]+)\s*([KMGT])i?B?\b", msg)
+  return ", ".join(f"{v}{u}" for v, u in found[:4])
+
+
+def compile_program(p: Program, target: Target, live_bytes: dict[str, int], step_time: float,
+                    log: Callable[[str], None] = print) -> Result:
+  cap = target.spec.capacity
+  other = sum(v for k, v in live_bytes.items()
+              if not any(k == a or k.startswith(a + ".") for a in p.live_args))
+  # a program that takes the params only still lives beside the optimizer state
+  t0 = time.time()
+  lowered = p.lower()
+  key = (target.name, hashlib.sha1(lowered.as_text().encode()).hexdigest())
+  if key not in _COMPILED:  # stages with the same shapes (pretrain, instruct, cot) compile once per process
+    try:
+      compiled = lowered.compile()
+    except Exception as e:  # noqa: BLE001
+      msg = str(e)
+      if not _EXHAUSTED.search(msg):
+        raise
+      first = next((line for line in msg.splitlines() if _EXHAUSTED.search(line)), msg.splitlines()[0])
+      _COMPILED[key] = f"does not fit (compiler: {first.strip()[:300]})"
+    else:
+      ma = compiled.memory_analysis()
+      try:
+        ca = compiled.cost_analysis()
+        ca = ca[0] if isinstance(ca, (list, tuple)) else ca
+        flops = float(ca.get("flops", 0.0))
+      except Exception:  # noqa: BLE001  (GPU compile-only devices give none)
+        flops = 0.0
+      _COMPILED[key] = (int(ma.argument_size_in_bytes), int(ma.output_size_in_bytes), int(ma.temp_size_in_bytes),
+                        int(ma.alias_size_in_bytes), flops)
+  if isinstance(_COMPILED[key], str):
+    return Result(p.name, False, capacity=cap, other_live=other, compile_s=time.time() - t0, error=_COMPILED[key])
+  dt = time.time() - t0
+  args, outs, temps, alias, flops = _COMPILED[key]
+  total = args + outs + temps - alias + other
+  n = target.num_chips
+  model_per_chip = p.model_flops / n
+  peak = target.spec.peak_tflops * 1e12
+  mfu = model_per_chip / (step_time * peak) if step_time > 0 and peak > 0 else 0.0
+  return Result(p.name, total <= cap, args, outs, temps, alias, other, total, cap, flops, model_per_chip, mfu, dt)
+
+
+def live_set_bytes(live: dict) -> dict[str, int]:
+  out = {}
+  for name, tree in live.items():
+    if name == "train_state":
+      out["train_state.params"] = per_device_bytes(tree.params)
+      out["train_state.opt_state"] = per_device_bytes((tree.opt_state, tree.step, tree.rng))
+    else:
+      out[name] = per_device_bytes(tree)
+  return out
+
+
+def make_target_mesh(config, devices):
+  from tinyrs_jax import sharding as sharding_lib
+  m = config.mesh
+  return sharding_lib.make_mesh(int(m.data), int(m.fsdp), int(m.tensor), devices=devices)
+
+
+def run(config, target: Target, *, step_time: float = 1.0, log: Callable[[str], None] = print,
+        only: tuple[str, ...] = ()) -> list[Result]:
+  devices = target_devices(target)
+  mesh = make_target_mesh(config, devices)
+  programs, live = build_programs(config, mesh)
+  live_bytes = live_set_bytes(live)
+  results = []
+  for p in programs:
+    if only and p.name not in only:
+      continue
+    r = compile_program(p, target, live_bytes, step_time, log)
+    results.append(r)
+    log(f"  compiled {p.name} in {r.compile_s:.0f}s: {'fits' if r.fits else 'DOES NOT FIT'}"
+        f" ({_fmt(r.total) if r.total else r.error})")
+  return results
+
+
+# ------------------------------------------------------------------------------------------------ levers
+
+def levers(config, target: Target):
+  """Cumulative configurations to try, in order: (description flags, config)."""
+  c = copy.deepcopy(config)
+  flags: dict[str, Any] = {}
+  chips_per_slice = target.num_chips // target.num_slices
+  if c.model.get("remat_policy", "none") != "full":
+    c.model.remat_policy = "full"
+    flags["model.remat_policy"] = "full"
+    yield dict(flags), copy.deepcopy(c)
+  if int(c.mesh.fsdp) != chips_per_slice or int(c.mesh.tensor) != 1:
+    c.mesh.fsdp, c.mesh.tensor, c.mesh.data = chips_per_slice, 1, -1
+    flags.update({"mesh.fsdp": chips_per_slice, "mesh.tensor": 1, "mesh.data": -1})
+    yield dict(flags), copy.deepcopy(c)
+  data_axes = target.num_chips  # fsdp x data over all chips now
+  accum = int(c.get("grad_accum_steps", 1))
+  while True:
+    accum *= 2
+    if c.batch_size % accum or (c.batch_size // accum) % data_axes:
+      break
+    c.grad_accum_steps = accum
+    flags["grad_accum_steps"] = accum
+    yield dict(flags), copy.deepcopy(c)
+  for blocks in (1024, 768, 512, 256):
+    px = blocks * 28 * 28
+    if px >= int(c.data.max_pixels):
+      continue
+    c.data.max_pixels = px
+    if int(c.data.min_pixels) > px:
+      c.data.min_pixels = px
+      flags["data.min_pixels"] = f"{blocks}*28*28"
+    flags["data.max_pixels"] = f"{blocks}*28*28"
+    yield dict(flags), copy.deepcopy(c)
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+def _fmt(n: float) -> str:
+  return f"{n / GiB:.2f}G"
+
+
+def table(results: list[Result], target: Target, step_time: float) -> str:
+  head = (f"{'program':<16} {'arguments':>10} {'outputs':>9} {'temps':>9} {'aliased':>9} {'other live':>10} "
+          f"{'total':>9} {'capacity':>9} {'GFLOP/chip':>11} {'t@peak':>7} {'MFU@' + format(step_time, 'g') + 's':>9}  verdict")
+  lines = [head]
+  peak = target.spec.peak_tflops * 1e12
+  for r in results:
+    if r.error:
+      lines.append(f"{r.name:<16} {'':>10} {'':>9} {'':>9} {'':>9} {_fmt(r.other_live):>10} {'>cap':>9} "
+                   f"{_fmt(r.capacity):>9} {'':>11} {'':>7} {'':>9}  {r.error}")
+      continue
+    lines.append(f"{r.name:<16} {_fmt(r.arguments):>10} {_fmt(r.outputs):>9} {_fmt(r.temporaries):>9} "
+                 f"{_fmt(r.aliased):>9} {_fmt(r.other_live):>10} {_fmt(r.total):>9} {_fmt(r.capacity):>9} "
+                 f"{r.model_flops_per_chip / 1e9:>11.0f} {r.model_flops_per_chip / peak:>6.2f}s {r.mfu:>9.1%}  "
+                 f"{'fits' if r.fits else 'DOES NOT FIT'}")
+  if target.platform == "cuda":
+    lines.append(f"(GPU: JAX preallocates 75 % = {_fmt(0.75 * target.spec.capacity)} by default; set "
+                 "XLA_PYTHON_CLIENT_MEM_FRACTION=.95 when a total is above that)")
+  return "\n".join(lines)
+
+
+def as_flags(flags: dict) -> str:
+  return " ".join(f"--config.{k}={v}" for k, v in flags.items())
+
+
+def main(argv=None) -> int:
+  import argparse
+  p = argparse.ArgumentParser(prog="python -m tinyrs_jax.tools.aot", description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--config", required=True, help="configs/<stage>.py[:variant]")
+  p.add_argument("--target", required=True, help=f"{', '.join(TARGETS)}, <tpu target>x<slices>, or a topology")
+  p.add_argument("--step_time", type=float, default=10.0, help="assumed seconds per step, for the MFU column "
+                 "(the t@peak column is the step time at 100 %% MFU)")
+  p.add_argument("--json", default="", help="write the results here")
+  p.add_argument("--no_levers", action="store_true", help="do not search for a configuration that fits")
+  p.add_argument("--only", default="", help="comma-separated program names to compile (default: all)")
+  args, rest = p.parse_known_args(argv)
+  config = _load_config_module(args.config)
+  overrides = {}
+  for a in rest:
+    m = re.fullmatch(r"--config\.([\w.]+)=(.*)", a)
+    if not m:
+      p.error(f"unrecognised argument {a!r} (overrides are --config.field=value)")
+    overrides[m.group(1)] = m.group(2)
+  _apply_overrides(config, overrides)
+  target = parse_target(args.target)
+
+  import jax
+  jax.config.update("jax_platforms", "cpu")
+  only = tuple(x for x in args.only.split(",") if x)
+  print(f"{args.config} on {target.name} ({target.num_chips} x {target.spec.kind}, {_fmt(target.spec.capacity)} "
+        f"each), mesh data={config.mesh.data} fsdp={config.mesh.fsdp} tensor={config.mesh.tensor}, batch "
+        f"{config.batch_size} / grad_accum {config.get('grad_accum_steps', 1)}, remat {config.model.remat_policy}, "
+        f"max_pixels {config.data.max_pixels}", flush=True)
+  print(f"  shapes: {stage_shapes(config)}", flush=True)
+  results = run(config, target, step_time=args.step_time, only=only)
+  print(table(results, target, args.step_time))
+  ok = all(r.fits for r in results)
+  report = {"config": args.config, "target": target.name, "overrides": overrides, "fits": ok,
+            "programs": [dataclasses.asdict(r) for r in results], "suggestion": None}
+  print(f"verdict: {'everything fits' if ok else 'DOES NOT FIT'}", flush=True)
+  if not ok and not args.no_levers:
+    for flags, c in levers(config, target):
+      print(f"trying {as_flags(flags)}", flush=True)
+      try:
+        rs = run(c, target, step_time=args.step_time, only=only, log=lambda s: print(s, flush=True))
+      except ValueError as e:  # e.g. a batch the new mesh does not divide
+        print(f"  skipped: {e}")
+        continue
+      if all(r.fits for r in rs):
+        print(table(rs, target, args.step_time))
+        print(f"fits with: {as_flags(flags)}")
+        report["suggestion"] = {"flags": flags, "programs": [dataclasses.asdict(r) for r in rs]}
+        break
+    else:
+      print("no configuration from the standard levers fits: a bigger target, or freeze part of the model "
+            "(--config.optim.freeze=vision)")
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(report, f, indent=2)
+  return 0 if ok else 1
+
+
+def _apply_overrides(config, overrides: dict[str, str]) -> None:
+  """--config.a.b=value, parsed like ml_collections' flags: the value takes the field's type."""
+  import ast
+  for path, raw in overrides.items():
+    *parents, leaf = path.split(".")
+    node = config
+    for k in parents:
+      node = node[k]
+    if leaf not in node:
+      raise KeyError(f"--config.{path}: no such field")
+    old = node[leaf]
+    if isinstance(old, bool):
+      value = raw.lower() in ("1", "true", "yes")
+    elif isinstance(old, int) and not isinstance(old, bool):
+      value = math.prod(int(x) for x in raw.split("*"))  # 1280*28*28 as in the configs
+    elif isinstance(old, float):
+      value = float(raw)
+    elif isinstance(old, tuple):
+      value = tuple(ast.literal_eval(raw))
+    else:
+      value = raw
+    with config.unlocked() if hasattr(config, "unlocked") else _null():
+      node[leaf] = value
+
+
+class _null:
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *a):
+    return False
+
+
+if __name__ == "__main__":
+  sys.exit(main())
