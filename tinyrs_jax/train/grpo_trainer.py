@@ -37,6 +37,7 @@ import numpy as np
 from absl import logging
 
 from tinyrs_jax import sharding as sharding_lib
+from tinyrs_jax.models import batch as batch_lib
 from tinyrs_jax.sampling import generate as gen_lib
 from tinyrs_jax.train import grpo as grpo_lib
 from tinyrs_jax.train import grpo_monitor
@@ -296,6 +297,9 @@ class GRPOStep:
     self.seed = int(config.seed)
     self.pad_id = model.cfg.pad_token_id if model.cfg.pad_token_id is not None else 0
     self.completions = Completions(tokenizer_dir, eos_ids, self.max_new)
+    # completion widths the update compiles for: quarters of max_new_tokens (at most 4 shapes per prompt width)
+    quarter = max(-(-self.max_new // 4), 1)
+    self.completion_buckets = tuple(sorted({min(quarter * k, self.max_new) for k in range(1, 5)}))
     self.dynamic = bool(g.get("dynamic_sampling", False))
     self.filter_reward = g.get("dynamic_sampling_reward", "accuracy")
     self.max_draws = int(g.get("dynamic_sampling_max_batches", 4))
@@ -392,12 +396,15 @@ class GRPOStep:
     advantages = np.asarray(grpo_lib.group_advantages(all_total, self.group, self.scale, self.eps), np.float32)
     lengths, truncated = r["lengths"], r["truncated"]
     n, pi = len(lengths), jax.process_index()
-    completion_mask = np.arange(self.max_new)[None, :] < lengths[:, None]
+    # The update sees completions cut to a bucket of the longest one in the (global) batch: completions are
+    # usually far shorter than max_new_tokens, and every column costs a forward and a backward.
+    width = batch_lib.round_up_to_bucket(int(all_lengths.max()), self.completion_buckets)
+    completion_mask = np.arange(width)[None, :] < lengths[:, None]
     if self.mask_truncated:
       completion_mask &= ~truncated[:, None]
-    batch = {k: r[k] for k in ("prompt_ids", "prompt_mask", "pixel_values", "image_grid_thw", "completion_ids",
-                               "sampler_logps")}
-    batch.update(completion_mask=completion_mask.astype(np.int32), advantages=advantages[pi * n:(pi + 1) * n])
+    batch = {k: r[k] for k in ("prompt_ids", "prompt_mask", "pixel_values", "image_grid_thw")}
+    batch.update(completion_ids=r["completion_ids"][:, :width], sampler_logps=r["sampler_logps"][:, :width],
+                 completion_mask=completion_mask.astype(np.int32), advantages=advantages[pi * n:(pi + 1) * n])
     stats = {**reward_stats(all_total, all_comps, self.group), **completion_stats(all_lengths, all_truncated),
              "completions/total_tokens": float(all_lengths.sum()),
              "tokens": float(gather_rows(np.asarray([r["prompt_mask"].sum() * self.group])).sum()
@@ -511,7 +518,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
       r, extra = grpo_step.sample_dynamic(state.params, r, step, lambda: next(prompt_it))
     t_rollout = time.time() - t0
     batch, stats = grpo_step.build_batch(r)
-    state, dev_metrics, timing = grpo_step.update(state, batch)
+    # The next rollout needs these parameters anyway: waiting here costs nothing and keeps the times honest
+    # (otherwise the next step's rollout time would include this update).
+    state, dev_metrics, timing = grpo_step.update(state, batch, sync=True)
     host = {**stats, **extra, **timing, "rollout_time_s": t_rollout,
             "rollout_tokens_per_s": stats["completions/total_tokens"] / max(t_rollout, 1e-9)}
     if log_samples_every > 0 and step % log_samples_every == 0:
