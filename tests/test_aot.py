@@ -4,27 +4,43 @@ stage runs, with the flags the README gives; a configuration that cannot fit is 
 libtpu comes with the test extra (jax[tpu]); under CI=true its absence fails the run (tests/conftest.py).
 """
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
 pytest.importorskip("libtpu")
 
-from tinyrs_jax.tools import aot  # noqa: E402
+from tinyrs_jax.tools import aot  # noqa: E402  (parsing and levers only: no libtpu in this process)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The README's v5e-16 recipe flags (measured with this tool; see "Will it fit?").
 SFT_FLAGS = ["--config.mesh.fsdp=16", "--config.grad_accum_steps=2"]
 
 
+def aot_cli(*args):
+  """The tool in its own process, as users run it: libtpu sets TPU_* variables in the process that loads it,
+  which every later subprocess of a test run would inherit (and load libtpu again, 3 GB)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  p = subprocess.run([sys.executable, "-m", "tinyrs_jax.tools.aot", *args], cwd=ROOT, env=env, capture_output=True,
+                     text=True, timeout=1200)
+  return p
+
+
 def run(tmp_path, stage, *flags):
   out = tmp_path / f"{stage}.json"
-  code = aot.main([f"--config=configs/{stage}.py", "--target=v5e-16", "--no_levers", f"--json={out}", *flags])
-  return code, json.loads(out.read_text())
+  p = aot_cli(f"--config=configs/{stage}.py", "--target=v5e-16", "--no_levers", f"--json={out}", *flags)
+  return p.returncode, json.loads(out.read_text())
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["pretrain", "instruct", "cot"])
+@pytest.mark.parametrize("stage", ["pretrain"])
 def test_sft_stages_fit_a_v5e_16(tmp_path, stage):
-  """The three SFT stages share their shapes: the first compiles, the others reuse it (same lowered programs)."""
+  """The three SFT stages share their shapes and compile to the same programs: pretrain stands for them (each
+  compile of the 2B takes minutes on 2 cores)."""
   code, report = run(tmp_path, stage, *SFT_FLAGS)
   assert code == 0 and report["fits"], report
   progs = {p["name"]: p for p in report["programs"]}
@@ -38,15 +54,15 @@ def test_sft_stages_fit_a_v5e_16(tmp_path, stage):
   assert step["model_flops_per_chip"] > 1e14
 
 
-def test_full_fine_tuning_on_one_v5e_chip_does_not_fit(tmp_path, capsys):
+def test_full_fine_tuning_on_one_v5e_chip_does_not_fit(tmp_path):
   """fp32 weights + AdamW moments of the 2B (35 GB) on one 16 GB chip: refused, exit status 1."""
-  code, report = aot.main(["--config=configs/pretrain.py", "--target=v5e:1x1", "--no_levers", "--only=train_step",
-                           "--config.batch_size=1", f"--json={tmp_path / 'one.json'}"]), \
-      json.loads((tmp_path / "one.json").read_text())
-  assert code == 1 and not report["fits"]
+  p = aot_cli("--config=configs/pretrain.py", "--target=v5e:1x1", "--no_levers", "--only=train_step",
+              "--config.batch_size=1", f"--json={tmp_path / 'one.json'}")
+  report = json.loads((tmp_path / "one.json").read_text())
+  assert p.returncode == 1 and not report["fits"]
   (prog,) = report["programs"]
   assert "RESOURCE_EXHAUSTED" in prog["error"] or prog["total"] > prog["capacity"]
-  assert "DOES NOT FIT" in capsys.readouterr().out
+  assert "DOES NOT FIT" in p.stdout
 
 
 def test_targets_and_levers():

@@ -41,8 +41,27 @@ import sys
 import time
 from typing import Any, Callable
 
-os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # no metadata server to ask: this is not a TPU VM
-os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # compile-only: several processes may load libtpu
+# Set for the compile only (see _libtpu_env) rather than at import, so importing this module changes nothing.
+# (libtpu itself sets TPU_* variables in the process that loads it, which its later subprocesses inherit and
+# then load libtpu too: run the tool in a process of its own, as the CLI does and tests/test_aot.py does.)
+LIBTPU_ENV = {"TPU_SKIP_MDS_QUERY": "1",  # no metadata server to ask: this is not a TPU VM
+              "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}  # compile-only: several processes may load libtpu
+
+
+class _libtpu_env:
+  """Sets LIBTPU_ENV (where unset) for the block and restores os.environ after it."""
+
+  def __enter__(self):
+    self.saved = {k: os.environ.get(k) for k in LIBTPU_ENV}
+    for k, v in LIBTPU_ENV.items():
+      os.environ.setdefault(k, v)
+
+  def __exit__(self, *exc):
+    for k, v in self.saved.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
 
 GiB = 1024 ** 3
 
@@ -620,6 +639,11 @@ def as_flags(flags: dict) -> str:
 
 
 def main(argv=None) -> int:
+  with _libtpu_env():
+    return _main(argv)
+
+
+def _main(argv=None) -> int:
   import argparse
   p = argparse.ArgumentParser(prog="python -m tinyrs_jax.tools.aot", description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
