@@ -1,7 +1,8 @@
 """Training curves of a workdir as a PNG: `python -m tinyrs_jax.tools.plot --workdir=DIR [--out=FILE]`.
 
 Reads DIR/metrics.jsonl (written by the trainers) and draws train loss and eval loss against the step, and the
-learning rate, gradient norm and throughput when they were logged. Writes DIR/curves.png by default.
+learning rate, gradient norm and throughput when they were logged; for a GRPO run, the training rewards, the
+held-out rewards and per-task accuracy, KL, completion length and gradient norm. Writes DIR/curves.png.
 """
 from __future__ import annotations
 
@@ -32,9 +33,16 @@ def plot(workdir: str, out: str | None = None) -> str:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   rows = read(workdir)
-  lr_keys = sorted({k for r in rows for k in r if k.startswith("lr/")})
-  panels = [("loss", ["loss", "eval_loss"]), ("learning rate", lr_keys), ("grad norm", ["grad_norm"]),
-            ("tokens / s", ["tokens_per_s"])]
+  keys = sorted({k for r in rows for k in r})
+  lr_keys = [k for k in keys if k.startswith("lr/")]
+  if "reward" in keys:  # a GRPO run: rewards and held-out rewards say more than its loss (~0 by construction)
+    panels = [("reward (train)", ["reward"] + [k for k in keys if k.startswith("rewards/") and k.endswith("/mean")]),
+              ("held-out (greedy)", [k for k in keys if k.startswith("eval/rewards/")]),
+              ("held-out per task", [k for k in keys if k.startswith("eval/accuracy/")]),
+              ("kl", ["kl"]), ("completion length", ["completions/mean_length"]), ("grad norm", ["grad_norm"])]
+  else:
+    panels = [("loss", ["loss", "eval_loss"]), ("learning rate", lr_keys), ("grad norm", ["grad_norm"]),
+              ("tokens / s", ["tokens_per_s"])]
   panels = [(t, [k for k in ks if series(rows, k)[0]]) for t, ks in panels]
   panels = [(t, ks) for t, ks in panels if ks]
   if not panels:
@@ -43,7 +51,7 @@ def plot(workdir: str, out: str | None = None) -> str:
   for ax, (title, keys) in zip(axes[:, 0], panels):
     for k in keys:
       x, y = series(rows, k)
-      ax.plot(x, y, marker="o" if k == "eval_loss" else None, markersize=4, label=k)
+      ax.plot(x, y, marker="o" if k.startswith("eval") else None, markersize=4, label=k)
     ax.set_ylabel(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)

@@ -521,7 +521,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     # The next rollout needs these parameters anyway: waiting here costs nothing and keeps the times honest
     # (otherwise the next step's rollout time would include this update).
     state, dev_metrics, timing = grpo_step.update(state, batch, sync=True)
-    host = {**stats, **extra, **timing, "rollout_time_s": t_rollout,
+    host = {**stats, **extra, **timing, "rollout_time_s": t_rollout, "step_time_s": time.time() - t0,
             "rollout_tokens_per_s": stats["completions/total_tokens"] / max(t_rollout, 1e-9)}
     if log_samples_every > 0 and step % log_samples_every == 0:
       write_samples(writer, workdir, step + 1, r["texts"], r["examples"], r["total"],

@@ -73,6 +73,8 @@ def run_loop(config, workdir: str, *, state, start: int, total_steps: int, ckpt:
     flops = host.pop("flops", None)
     m.update(host)
     dt = timer.tick()
+    if "step_time_s" in host:  # a step that waits for itself measures itself (GRPO: the rollout needs the params)
+      dt = host.pop("step_time_s")
     if dt is not None:
       m["step_time_s"] = dt
       if "tokens" in host:
