@@ -8,12 +8,10 @@ microbatches, so every path of the step runs.
 """
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-from test_train_e2e import ROOT, assert_same_params, env as base_env, final_params
+from test_train_e2e import ROOT, assert_same_params, env as base_env, final_params, main as train_main
 
 GRPO = ["--config=configs/grpo.py:demo", "--config.init.demo_configs_dir=", "--config.batch_size=4",
         "--config.grad_accum_steps=2", "--config.grpo.num_generations=2", "--config.grpo.max_new_tokens=16",
@@ -31,11 +29,8 @@ def env(devices: int = 1) -> dict:
 
 
 def main(workdir, *args, devices=1, check=True, timeout=900):
-  cmd = [sys.executable, "-m", "tinyrs_jax.main", f"--workdir={workdir}", *args]
-  p = subprocess.run(cmd, cwd=ROOT, env=env(devices), capture_output=True, text=True, timeout=timeout)
-  if check and p.returncode != 0:
-    raise AssertionError(f"{' '.join(cmd)} exited {p.returncode}:\n{p.stderr[-6000:]}")
-  return p
+  """test_train_e2e.main with the user reward module on the path."""
+  return train_main(workdir, *args, check=check, timeout=timeout, proc_env=env(devices))
 
 
 def rows(workdir) -> dict[int, dict]:
@@ -114,19 +109,9 @@ def test_sigterm_saves_and_exits_143(reference, tmp_path):
 def test_two_processes_equal_one(reference, tmp_path):
   """jax.distributed over two local processes (2 CPU devices each, gloo): rollouts, rewards, log-probs and
   parameters equal the one-process run."""
-  from test_train_e2e import reserved_port
+  from test_train_e2e import run_two_processes
   wd = str(tmp_path / "two")
-  procs = []
-  with reserved_port() as port:  # held until both processes are done (see reserved_port)
-    for i in range(2):
-      cmd = [sys.executable, "-m", "tinyrs_jax.main", f"--workdir={wd}", *GRPO,
-             f"--config.distributed.coordinator_address=127.0.0.1:{port}", "--config.distributed.num_processes=2",
-             f"--config.distributed.process_id={i}", "--config.distributed.initialization_timeout=120"]
-      procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    text=True))
-    outs = [p.communicate(timeout=900) for p in procs]
-  for p, (_, err) in zip(procs, outs):
-    assert p.returncode == 0, err[-6000:]
+  outs = run_two_processes(wd, GRPO, env(1), timeout=900)
   assert "over 2 devices (2 processes)" in outs[0][1]
   assert_same_run(wd, reference, atol=2e-4)
 

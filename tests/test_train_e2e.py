@@ -36,9 +36,9 @@ def env(devices: int = 1) -> dict:
   return e
 
 
-def main(workdir, *args, devices=1, check=True, timeout=600):
+def main(workdir, *args, devices=1, check=True, timeout=600, proc_env=None):
   cmd = [sys.executable, "-m", "tinyrs_jax.main", f"--workdir={workdir}", *args]
-  p = subprocess.run(cmd, cwd=ROOT, env=env(devices), capture_output=True, text=True, timeout=timeout)
+  p = subprocess.run(cmd, cwd=ROOT, env=proc_env or env(devices), capture_output=True, text=True, timeout=timeout)
   if check and p.returncode != 0:
     raise AssertionError(f"{' '.join(cmd)} exited {p.returncode}:\n{p.stderr[-6000:]}")
   return p
@@ -171,21 +171,28 @@ def test_reserved_port_is_taken_by_no_one_but_the_coordinator():
         conn.close()
 
 
+def run_two_processes(workdir, args, proc_env: dict, timeout: int = 600) -> list[tuple[str, str]]:
+  """`python -m tinyrs_jax.main` as two jax.distributed processes (gloo) on this machine; both must succeed.
+  Returns each process's (stdout, stderr)."""
+  procs = []
+  with reserved_port() as port:  # held until both processes are done (see reserved_port)
+    for i in range(2):
+      cmd = [sys.executable, "-m", "tinyrs_jax.main", f"--workdir={workdir}", *args,
+             f"--config.distributed.coordinator_address=127.0.0.1:{port}", "--config.distributed.num_processes=2",
+             f"--config.distributed.process_id={i}", "--config.distributed.initialization_timeout=120"]
+      procs.append(subprocess.Popen(cmd, cwd=ROOT, env=proc_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True))
+    outs = [p.communicate(timeout=timeout) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-6000:]
+  return outs
+
+
 @pytest.mark.slow
 def test_two_processes_equal_one(tiny_reference, tmp_path):
   """jax.distributed over two local processes (2 CPU devices each, gloo), data axis of 4 = one process."""
   wd = str(tmp_path / "two")
-  procs = []
-  with reserved_port() as port:  # held until both processes are done (see reserved_port)
-    for i in range(2):
-      cmd = [sys.executable, "-m", "tinyrs_jax.main", f"--workdir={wd}", *TINY,
-             f"--config.distributed.coordinator_address=127.0.0.1:{port}", "--config.distributed.num_processes=2",
-             f"--config.distributed.process_id={i}", "--config.distributed.initialization_timeout=120"]
-      procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    text=True))
-    outs = [p.communicate(timeout=600) for p in procs]
-  for p, (_, err) in zip(procs, outs):
-    assert p.returncode == 0, err[-6000:]
+  outs = run_two_processes(wd, TINY, env(2))
   assert "over 4 devices (2 processes)" in outs[0][1]
   train, ev = metrics(wd)
   ref_train, ref_ev = metrics(tiny_reference)

@@ -45,7 +45,6 @@ from tinyrs_jax.train import input as input_lib
 from tinyrs_jax.train import loop
 from tinyrs_jax.train import losses as losses_lib
 from tinyrs_jax.train import metrics as metrics_lib
-from tinyrs_jax.train import optimizer as optim_lib
 from tinyrs_jax.train import runner
 from tinyrs_jax.train import state as state_lib
 
@@ -225,21 +224,12 @@ def reward_stats(total: np.ndarray, comps: dict[str, np.ndarray], group_size: in
 
 
 def grpo_progress_line(step: int, total: int, m: dict, eta_s: float | None = None) -> str:
-  parts = [f"step {step}/{total}", f"reward {m.get('reward', 0):.3f} (std {m.get('reward_std', 0):.3f})"]
-  for k in sorted(m):
-    if k.startswith("rewards/") and k.endswith("/mean"):
-      parts.append(f"{k[8:-5]} {m[k]:.3f}")
-  parts.append(f"kl {m.get('kl', 0):.4f}")
-  parts.append(f"len {m.get('completions/mean_length', 0):.0f} (cut {100 * m.get('completions/clipped_ratio', 0):.0f}%)")
-  if "grad_norm" in m:
-    parts.append(f"gnorm {m['grad_norm']:.3f}")
-  if m.get("step_time_s"):
-    parts.append(f"{m['step_time_s']:.2f} s/step (rollout {m.get('rollout_time_s', 0):.2f})")
-  if m.get("rollout_tokens_per_s"):
-    parts.append(f"{m['rollout_tokens_per_s']:.0f} gen tok/s")
-  if eta_s is not None:
-    parts.append(f"ETA {metrics_lib.format_eta(eta_s)}")
-  return " | ".join(parts)
+  """The progress line with what tells whether GRPO works in place of its loss (~0 by construction at mu = 1)."""
+  head = [f"reward {m.get('reward', 0):.3f} (std {m.get('reward_std', 0):.3f})"]
+  head += [f"{k[8:-5]} {m[k]:.3f}" for k in sorted(m) if k.startswith("rewards/") and k.endswith("/mean")]
+  head += [f"kl {m.get('kl', 0):.4f}",
+           f"len {m.get('completions/mean_length', 0):.0f} (cut {100 * m.get('completions/clipped_ratio', 0):.0f}%)"]
+  return metrics_lib.progress_line(step, total, m, eta_s, head=head)
 
 
 # ---------------------------------------------------------------------------------------------- reference
@@ -483,13 +473,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   prompt_it = input_lib.make_prompt_iterator(config, data, batch_size=config.batch_size,
                                              tokenizer_dir=source.tokenizer_dir, process_index=pi, process_count=pc)
   total_steps = input_lib.total_steps(config, data, config.batch_size, prompt_it)
-  opt = optim_lib.make_optimizer(config.optim, model.abstract_params, total_steps * mu)
-  shardings = state_lib.state_shardings(model, opt, mesh)
-  ckpt = runner.Checkpointer(workdir, every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep,
-                             async_save=config.checkpoint.get("async_save", True))
-  state, data_state = runner.initial_state(config, source, model, opt, shardings, ckpt, int(config.seed))
-  if data_state is not None:
-    prompt_it.set_state(data_state)
+  # mu optimizer steps per GRPO step
+  opt, shardings, ckpt, state = runner.setup_state(config, workdir, source, model, prompt_it, total_steps * mu, mesh)
   start = int(jax.device_get(state.step)) // mu  # mu optimizer steps per GRPO step
   if start >= total_steps:
     return runner.finished_before(workdir, start, total_steps, ckpt, prompt_it, t_start)
@@ -578,11 +563,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                          evaluate=run_eval if eval_prompts is not None else None,
                          num_compiles=lambda: grpo_step.num_compiles,
                          progress_line=grpo_progress_line, on_metrics=monitor.update)
-  if hasattr(prompt_it, "close"):
-    prompt_it.close()
-  if not result.preempted:
-    loop.export_if_asked(config, workdir, model, result.state.params, source.tokenizer_dir)
-  writer.close()
+  loop.close_run(config, workdir, result, prompt_it, writer, model, source.tokenizer_dir)
   summary = {"step": result.step, "preempted": result.preempted, "compiles": grpo_step.num_compiles,
              "first_eval": result.first_eval, "final_eval": result.last_eval, "warnings": monitor.warned,
              "seconds": time.time() - t_start}

@@ -136,6 +136,15 @@ def run_loop(config, workdir: str, *, state, start: int, total_steps: int, ckpt:
   return LoopResult(state=state, step=step, preempted=preempted, first_eval=first_eval, last_eval=last_eval)
 
 
+def close_run(config, workdir: str, result: LoopResult, data_it, writer, model, tokenizer_dir: str | None) -> None:
+  """After run_loop: closes the data iterator and the metrics writer, and exports unless the run was preempted."""
+  if hasattr(data_it, "close"):
+    data_it.close()
+  if not result.preempted:
+    export_if_asked(config, workdir, model, result.state.params, tokenizer_dir)
+  writer.close()
+
+
 def export_if_asked(config, workdir: str, model, params, tokenizer_dir: str | None) -> None:
   """config.export_hf_dir: a Hugging Face folder of the final parameters, with the workdir's tokenizer."""
   if not config.get("export_hf_dir", ""):

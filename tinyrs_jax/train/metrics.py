@@ -201,8 +201,11 @@ def format_eta(seconds: float) -> str:
   return f"{h}:{m:02d}:{s:02d}"
 
 
-def progress_line(step: int, total: int, m: dict[str, Any], eta_s: float | None = None) -> str:
-  parts = [f"step {step}/{total}", f"loss {m['loss']:.4f}"]
+def progress_line(step: int, total: int, m: dict[str, Any], eta_s: float | None = None,
+                  head: list[str] | None = None) -> str:
+  """One log line: step, then `head` (default: the loss), then what was logged of grad norm, lr, throughput,
+  step and rollout time, MFU, ETA."""
+  parts = [f"step {step}/{total}"] + (head if head is not None else [f"loss {m['loss']:.4f}"])
   if "grad_norm" in m:
     parts.append(f"gnorm {m['grad_norm']:.3f}")
   lrs = [v for k, v in m.items() if k.startswith("lr/")]
@@ -212,6 +215,8 @@ def progress_line(step: int, total: int, m: dict[str, Any], eta_s: float | None 
     parts.append(f"{m['tokens_per_s']:.0f} tok/s")
   if m.get("step_time_s"):
     parts.append(f"{m['step_time_s']:.3f} s/step")
+  if m.get("rollout_time_s"):
+    parts.append(f"rollout {m['rollout_time_s']:.2f} s, {m.get('rollout_tokens_per_s', 0):.0f} gen tok/s")
   if m.get("mfu"):
     parts.append(f"MFU {100 * m['mfu']:.1f}%")
   if eta_s is not None:

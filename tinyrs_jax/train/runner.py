@@ -120,6 +120,21 @@ def write_marker(config, workdir: str, source: ModelSource) -> None:
                         extra={"stage": config.get("stage", ""), "init": source.init, "init_path": source.init_path})
 
 
+def setup_state(config, workdir: str, source: ModelSource, model: state_lib.Model, data_it, optimizer_steps: int,
+                mesh):
+  """Optimizer (schedule over `optimizer_steps`), state shardings, checkpointer and the initial state: resumed from
+  the workdir (the data iterator put back where it was) or fresh. Returns (opt, shardings, ckpt, state)."""
+  from tinyrs_jax.train import optimizer as optim_lib
+  opt = optim_lib.make_optimizer(config.optim, model.abstract_params, optimizer_steps)
+  shardings = state_lib.state_shardings(model, opt, mesh)
+  ckpt = Checkpointer(workdir, every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep,
+                      async_save=config.checkpoint.get("async_save", True))
+  state, data_state = initial_state(config, source, model, opt, shardings, ckpt, int(config.seed))
+  if data_state is not None:
+    data_it.set_state(data_state)
+  return opt, shardings, ckpt, state
+
+
 def finished_before(workdir: str, start: int, total_steps: int, ckpt: "Checkpointer", train_it, t_start: float) -> dict:
   """The summary of a run that was already finished when (re)started: nothing is trained."""
   logging.info("%s already finished (step %d of %d): nothing to do", workdir, start, total_steps)

@@ -66,13 +66,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   train_it = input_lib.make_iterator(config, data, "train", source.cfg, batch_size=micro,
                                      tokenizer_dir=source.tokenizer_dir, process_index=pi, process_count=pc)
   total_steps = input_lib.total_steps(config, data, micro * grad_accum, train_it)
-  opt = optim_lib.make_optimizer(config.optim, model.abstract_params, total_steps)
-  shardings = state_lib.state_shardings(model, opt, mesh)
-  ckpt = runner.Checkpointer(workdir, every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep,
-                             async_save=config.checkpoint.get("async_save", True))
-  state, data_state = runner.initial_state(config, source, model, opt, shardings, ckpt, int(config.seed))
-  if data_state is not None:
-    train_it.set_state(data_state)
+  opt, shardings, ckpt, state = runner.setup_state(config, workdir, source, model, train_it, total_steps, mesh)
   start = int(jax.device_get(state.step))
   if start >= total_steps:
     return runner.finished_before(workdir, start, total_steps, ckpt, train_it, t_start)
@@ -114,11 +108,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                          writer=writer, train_step=train_step, data_state=train_it.get_state,
                          evaluate=run_eval if eval_data is not None else None,
                          num_compiles=lambda: step_fn.num_compiles, peak_flops=peak)
-  if hasattr(train_it, "close"):
-    train_it.close()
-  if not result.preempted:
-    loop.export_if_asked(config, workdir, model, result.state.params, source.tokenizer_dir)
-  writer.close()
+  loop.close_run(config, workdir, result, train_it, writer, model, source.tokenizer_dir)
   summary = {"step": result.step, "preempted": result.preempted, "compiles": step_fn.num_compiles,
              "first_eval_loss": None if result.first_eval is None else result.first_eval["eval_loss"],
              "final_eval_loss": None if result.last_eval is None else result.last_eval["eval_loss"],
