@@ -19,13 +19,19 @@ Rules (applied in this order):
      the 2nd and 98th percentiles (NaN ignored) map to 0 and 255, values outside are clipped, NaN becomes 0,
      and a flat band (p98 == p2) becomes 0.
 
+Sources: a path, an in-memory array, encoded bytes (PNG/JPEG/TIFF/…, as stored in TensorFlow Datasets), or a
+`LazyImage`, an object that fetches its array or bytes only when asked (e.g. one example of a TFDS split), so a
+reader can hand out thousands of records without reading or decoding any pixels; `image_size` reads only what the
+size needs (a header, or nothing when the object knows its size).
+
 Any failure (missing file, truncated or corrupt data, unsupported layout) raises DataError naming the file.
 """
 from __future__ import annotations
 
+import io
 import os
 import re
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image, ImageFile
@@ -44,11 +50,54 @@ def _error(name: str, message: str, reason: str) -> DataError:
   return DataError(message, source=name, field="image", reason=reason)
 
 
-def load_image(source: str | os.PathLike | np.ndarray, *, bands: Sequence[int] | None = None,
-               name: str | None = None) -> np.ndarray:
-  """A path or array -> H x W x 3 uint8 RGB (rules in the module docstring). `name` names it in errors."""
+class LazyImage:
+  """An image fetched only when it is loaded: subclasses implement `read()`, returning an array or encoded bytes.
+
+  `size()` is (width, height) of the loaded image; the default reads the data and takes the header of the bytes
+  (no pixel decoding) or the array's shape; subclasses that know the size without reading override it.
+  `shape`, `dtype` and `ndim` describe the array `load_image` will return (H x W x 3 uint8), so code that only
+  inspects an image's geometry works on a lazy image as on an array. Instances must pickle small (they travel to
+  data-loading worker processes): keep only what is needed to fetch the data, never the data itself.
+  """
+  dtype = np.dtype(np.uint8)
+  ndim = 3
+
+  def read(self) -> np.ndarray | bytes:
+    raise NotImplementedError
+
+  def size(self) -> tuple[int, int]:
+    return _size_of_data(self.read(), self.describe())
+
+  def describe(self) -> str:
+    """How errors name this image."""
+    return repr(self)
+
+  @property
+  def shape(self) -> tuple[int, int, int]:
+    width, height = self.size()
+    return (height, width, 3)
+
+
+def _read_lazy(source: LazyImage, name: str) -> np.ndarray | bytes:
+  try:
+    return source.read()
+  except DataError:
+    raise
+  except Exception as e:  # a dataset backend may raise anything on a bad example
+    raise _error(name, f"cannot read image ({type(e).__name__}: {e})", "corrupt_image") from None
+
+
+def load_image(source: Any, *, bands: Sequence[int] | None = None, name: str | None = None) -> np.ndarray:
+  """A path, array, encoded bytes or LazyImage -> H x W x 3 uint8 RGB (rules in the module docstring).
+  `name` names it in errors."""
+  if isinstance(source, LazyImage):
+    name = name or source.describe()
+    source = _read_lazy(source, name)
   if isinstance(source, np.ndarray):
     return to_rgb_uint8(source, bands=bands, name=name or "<array>")
+  if isinstance(source, (bytes, bytearray, memoryview)):
+    name = name or "<encoded image>"
+    return to_rgb_uint8(_decode_bytes(bytes(source), name), bands=bands, name=name)
   path = os.fspath(source)
   name = name or path
   if not os.path.exists(path):
@@ -72,7 +121,7 @@ def _read_tiff(path: str, name: str) -> np.ndarray:
       raise _error(name, f"cannot read TIFF ({type(e).__name__}: {e})", "corrupt_image") from None
 
 
-def _read_pil(path: str, name: str) -> np.ndarray:
+def _read_pil(path: str | io.BytesIO, name: str) -> np.ndarray:
   try:
     with Image.open(path) as img:
       img.load()  # decode everything now: truncation surfaces here
@@ -81,6 +130,20 @@ def _read_pil(path: str, name: str) -> np.ndarray:
       return np.asarray(img)
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
     raise _error(name, f"cannot decode image ({type(e).__name__}: {e})", "corrupt_image") from None
+
+
+def _decode_bytes(data: bytes, name: str) -> np.ndarray:
+  """Encoded image bytes -> array: PIL, fully decoded; TIFF that PIL cannot read goes to tifffile."""
+  try:
+    return _read_pil(io.BytesIO(data), name)
+  except DataError:
+    if not data.startswith((b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")):
+      raise
+  import tifffile
+  try:
+    return np.asarray(tifffile.imread(io.BytesIO(data)))
+  except Exception as e:
+    raise _error(name, f"cannot read TIFF ({type(e).__name__}: {e})", "corrupt_image") from None
 
 
 def to_rgb_uint8(array: np.ndarray, *, bands: Sequence[int] | None = None, name: str = "<array>") -> np.ndarray:
@@ -133,10 +196,19 @@ def stretch_to_uint8(a: np.ndarray) -> np.ndarray:
   return out
 
 
-def image_size(source: str | os.PathLike | np.ndarray, *, name: str | None = None) -> tuple[int, int]:
+def image_size(source: Any, *, name: str | None = None) -> tuple[int, int]:
   """(width, height) without decoding pixels (header only) where the format allows."""
-  if isinstance(source, np.ndarray):
-    return _size_from_shape(source.shape)
+  if isinstance(source, LazyImage):
+    name = name or source.describe()
+    try:
+      width, height = source.size()
+    except DataError:
+      raise
+    except Exception as e:
+      raise _error(name, f"cannot read image size ({type(e).__name__}: {e})", "corrupt_image") from None
+    return int(width), int(height)
+  if isinstance(source, (np.ndarray, bytes, bytearray, memoryview)):
+    return _size_of_data(source, name or "<image data>")
   path = os.fspath(source)
   name = name or path
   if not os.path.exists(path):
@@ -155,6 +227,24 @@ def image_size(source: str | os.PathLike | np.ndarray, *, name: str | None = Non
     except Exception as e:
       raise _error(name, f"cannot read TIFF header ({type(e).__name__}: {e})", "corrupt_image") from None
   raise _error(name, "cannot read image header", "corrupt_image")
+
+
+def _size_of_data(data: np.ndarray | bytes, name: str) -> tuple[int, int]:
+  """(width, height) of an array, or of encoded bytes from their header alone."""
+  if isinstance(data, np.ndarray):
+    return _size_from_shape(data.shape)
+  data = bytes(data)
+  try:
+    with Image.open(io.BytesIO(data)) as img:
+      return int(img.size[0]), int(img.size[1])
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+    pass
+  import tifffile
+  try:
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+      return _size_from_shape(tif.series[0].shape)
+  except Exception as e:
+    raise _error(name, f"cannot read image header ({type(e).__name__}: {e})", "corrupt_image") from None
 
 
 def _size_from_shape(shape) -> tuple[int, int]:

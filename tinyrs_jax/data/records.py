@@ -34,6 +34,7 @@ TASKS = {
     "vqa_compare": "comparison between objects or counts (RSVQA 'comp'); answer yes/no",
     "vqa_rural_urban": "is this a rural or an urban area? answer rural/urban",
     "vqa_area": "area covered by X (RSVQA 'area'); answer is a range string such as '0m2'",
+    "mc": "multiple choice; the prompt lists lettered options; answer is the option letter",
     "ground": "referring expression -> one box; answer is the Qwen box text",
     "ground_multi": "phrase -> several boxes or a grounded description (GeoChat [grounding])",
     "identify": "box -> what is there (GeoChat [identify]); answer is text",
@@ -63,7 +64,7 @@ class DataError(ValueError):
 class Record:
   """One example. Boxes are (label, (x1, y1, x2, y2)) in pixels of the image, x to the right, y down."""
   id: str
-  image: str | np.ndarray | None
+  image: "str | np.ndarray | images.LazyImage | None"  # a path, pixels, or a lazy reference (TFDS)
   messages: list[dict[str, str]]
   task: str = "chat"
   answer: str | None = None
