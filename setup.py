@@ -36,7 +36,10 @@ setup(
             "tiktoken",
             "tensorflow-datasets",
             "jax[tpu]==0.10.2",  # libtpu: tests/test_aot.py compiles the 2B for TPU topologies (no TPU needed)
+            "pycocoevalcap==1.2",  # tests/test_captions.py (the same pin as "eval")
         ],
+        # Evaluation: caption metrics (BLEU, ROUGE-L, CIDEr-D) with the COCO caption evaluation's own scorers.
+        "eval": ["pycocoevalcap==1.2"],
         # TPU: libtpu matching this jax (also what tools/aot needs to compile for TPU topologies on any machine).
         "tpu": ["jax[tpu]==0.10.2"],
         # GPU: the CUDA 12 plugin (about 5.5 GB of wheels); tools/aot compiles for GPUs with it, without a GPU.

@@ -59,7 +59,10 @@ def base(stage: str) -> ml_collections.ConfigDict:
   # preemption_check_every: several processes agree on a SIGTERM every this many steps (an all-gather waits for
   # the step in flight, so not every step)
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=500, keep=3, async_save=True, preemption_check_every=10))
-  c.eval = ml_collections.ConfigDict(dict(every_steps=500, num_batches=-1, batch_size=0, at_start=True))
+  # generate_examples > 0: each evaluation also answers that many data.val records greedily and scores them like
+  # configs/eval.py (eval/strict/<metric>, eval/tinyrs/<metric>; workdir/eval_predictions/step_<k>.jsonl)
+  c.eval = ml_collections.ConfigDict(dict(every_steps=500, num_batches=-1, batch_size=0, at_start=True,
+                                          generate_examples=0, generate_max_new_tokens=256))
   c.log_every_steps = 10
   c.peak_tflops = 0.0  # per device, for MFU; 0 = guess from the device kind
   c.export_hf_dir = ""  # write a Hugging Face folder here at the end
@@ -76,9 +79,9 @@ def demo(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   XLA:CPU recomputing a layer is faster than stacking its activations, 0.57 vs 0.70 s a step measured).
 
   Batch 8 (twice the optimizer updates of batch 16 for the same tokens); the stage files set the
-  steps: pretrain 100 (captions teach the vision tower the scenes), instruct 60 at a gentle lr 5e-4 (at 2e-3
-  it overwrites what pretrain learned: classification fell to chance, 0.13, downstream), cot 300. Measured
-  on the cot checkpoint (greedy, 994 held-out grpo prompts): see configs/cot.py."""
+  steps: pretrain 100 (captions teach the vision tower the scenes), instruct 250 at a gentle lr 5e-4 (at 2e-3
+  it overwrites what pretrain learned: classification fell to chance, 0.13, downstream), cot 200. What each
+  stage's checkpoint answers (greedy, held-out): launch/demo.sh's table, README."""
   c.init.allow_random = True
   c.model.preset = "demo_8m"
   c.model.dtype = "float32"

@@ -4,7 +4,8 @@
   --config.<field>=x  overrides any field of the config (a field that does not exist is an error)
   --workdir           checkpoints, metrics.jsonl, TensorBoard events; an existing workdir is resumed
 
-config.trainer picks the trainer module (sft for stages 1-3, grpo for stage 4). Reward weights are config fields
+config.trainer picks the trainer module (sft for stages 1-3, grpo for stage 4, eval for configs/eval.py: the
+benchmarks, tinyrs_jax/evaluation). Reward weights are config fields
 `rewards.<name>`; a reward a user module registers (config.reward_modules) is weighted the same way, e.g.
 `--config.reward_modules=my_lab.rewards --config.rewards.my_iou=1.0`. Multi-host: every host runs the same command;
 see config.distributed (TPU pods and SLURM are detected, or pass the coordinator explicitly).
@@ -18,7 +19,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-TRAINERS = {"sft": "tinyrs_jax.train.sft", "grpo": "tinyrs_jax.train.grpo_trainer"}
+TRAINERS = {"sft": "tinyrs_jax.train.sft", "grpo": "tinyrs_jax.train.grpo_trainer",
+            "eval": "tinyrs_jax.evaluation.evaluator"}
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/pretrain.py or configs/pretrain.py:demo. Any field can be "

@@ -184,3 +184,12 @@ def global_to_host(x: jax.Array) -> np.ndarray:
     rows = shard.index[0] if shard.index else slice(None)
     pieces.setdefault(rows.start or 0, np.asarray(shard.data))
   return np.concatenate([pieces[k] for k in sorted(pieces)], axis=0)
+
+
+def gather_rows(x: np.ndarray) -> np.ndarray:
+  """Every process's rows of a host array, in process order (this process's alone with one process)."""
+  x = np.asarray(x)
+  if jax.process_count() == 1:
+    return x
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x)).reshape((-1,) + x.shape[1:])

@@ -20,7 +20,8 @@ export) is train/loop.py's, shared with the SFT trainer. A restart resumes exact
 with each checkpoint and the rollout's randomness follows (seed, step).
 
 Held-out evaluation (at the start, every eval.every_steps and at the end): greedy completions for the validation
-prompts, scored by the same rewards: eval/reward, eval/rewards/<name>, eval/accuracy/<task>. A health monitor
+prompts, scored by the same rewards: eval/reward, eval/rewards/<name>, eval/accuracy/<task>; and by the evaluation
+suite's two rule sets (tinyrs_jax/evaluation): eval/strict/<metric>, eval/tinyrs/<metric>. A health monitor
 (train/grpo_monitor.py) warns once per condition when a run goes wrong.
 """
 from __future__ import annotations
@@ -37,8 +38,10 @@ import numpy as np
 from absl import logging
 
 from tinyrs_jax import sharding as sharding_lib
+from tinyrs_jax.sharding import gather_rows
 from tinyrs_jax.models import batch as batch_lib
 from tinyrs_jax.sampling import generate as gen_lib
+from tinyrs_jax.sampling.completions import Completions
 from tinyrs_jax.train import grpo as grpo_lib
 from tinyrs_jax.train import grpo_monitor
 from tinyrs_jax.train import input as input_lib
@@ -170,36 +173,6 @@ def take_groups(chosen: list[tuple[dict, int]], group: int, pad_id: int) -> dict
   return {k: (v if k in ("texts", "examples") else np.concatenate(v)) for k, v in out.items()}
 
 
-def gather_rows(x: np.ndarray) -> np.ndarray:
-  """Every process's rows of a host array, in process order (this process's alone with one process)."""
-  x = np.asarray(x)
-  if jax.process_count() == 1:
-    return x
-  from jax.experimental import multihost_utils
-  return np.asarray(multihost_utils.process_allgather(x)).reshape((-1,) + x.shape[1:])
-
-
-class Completions:
-  """Decodes rollouts: text without the stop token, and which completions were cut at the length limit."""
-
-  def __init__(self, tokenizer_dir: str, eos_ids, max_new_tokens: int):
-    from tinyrs_jax.data.tokenizer import Tokenizer
-    self.tokenizer = Tokenizer.from_folder(tokenizer_dir)
-    self.eos = set(int(e) for e in eos_ids)
-    self.max_new_tokens = max_new_tokens
-
-  def decode(self, gen: gen_lib.Generation) -> tuple[list[str], np.ndarray, np.ndarray]:
-    texts, truncated = [], np.zeros(len(gen.lengths), bool)
-    for r, (row, n) in enumerate(zip(gen.tokens, gen.lengths)):
-      ids = [int(t) for t in row[:int(n)]]
-      if ids and ids[-1] in self.eos:
-        ids = ids[:-1]
-      else:
-        truncated[r] = True
-      texts.append(self.tokenizer.decode(ids, skip_special_tokens=False))
-    return texts, np.asarray(gen.lengths, np.int32), truncated
-
-
 def completion_stats(lengths: np.ndarray, truncated: np.ndarray, prefix: str = "completions/") -> dict[str, float]:
   term = lengths[~truncated]
   out = {f"{prefix}mean_length": float(lengths.mean()), f"{prefix}min_length": float(lengths.min()),
@@ -243,17 +216,10 @@ def load_reference(config, source: runner.ModelSource, workdir: str, model: stat
     marker = orbax_io.read_marker(workdir)
     init, path = marker.get("init", "random"), marker.get("init_path")
     source = runner.ModelSource(source.cfg, source.tokenizer_dir, init, path)
-  cast_sh = jax.tree.map(lambda a, s: s, model.abstract_params, shardings.params)
-  cast = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(compute_dtype), p), in_shardings=(cast_sh,),
-                 out_shardings=cast_sh, donate_argnums=0)
-  if source.init in ("workdir", "hf"):
-    params = runner.load_init_params(source, model, shardings, config.init.get("step", -1))
-  else:  # random init: the same draw as state_lib.init_state
-    pkey = jax.random.split(jax.random.PRNGKey(int(config.seed)))[0]
-    params = jax.jit(model.build, out_shardings=shardings.params)(pkey)
+  params = runner.load_frozen_params(config, source, model, shardings.params, compute_dtype)
   logging.info("reference model: %s (%s), held in %s", source.init_path or "random init", source.init,
                jnp.dtype(compute_dtype).name)
-  return cast(params)
+  return params
 
 
 # ------------------------------------------------------------------------------------------- one GRPO step
@@ -519,14 +485,22 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                         tokenizer_dir=source.tokenizer_dir, process_index=pi, process_count=pc)
                   if has_eval else None)
 
+  from tinyrs_jax.evaluation import evaluator as eval_lib
+  from tinyrs_jax.evaluation import metrics as eval_metrics
+  from tinyrs_jax.evaluation import rules as eval_rules
+  score_kw = dict(answer_tag=g.answer_tag, think_tags=(g.think_tag,))
+
   def run_eval(state, step):
     rows = {"is_padding": [], "task": [], "lengths": [], "truncated": [], "total": [],
             **{f"c/{k}": [] for k in eval_weights}}
+    scored = []  # the evaluation suite's rows (both rule sets), this process's
     for host_batch in eval_prompts:
       static = prompts_static(host_batch)
       gen = rollout(state.params, static, seed=0, greedy=True)
       texts, lengths, truncated = completions.decode(gen)
       examples = examples_for(host_batch["meta"], lengths, truncated, 1)
+      scored += [{"task": ex.get("task"), **eval_rules.score(t, ex, **score_kw)}
+                 for t, ex in zip(texts, examples) if not ex.get("is_padding")]
       total, comps = rewards_lib.compute_rewards(texts, examples, eval_weights, reward_options)
       total = sum(weights[k] * comps[k] for k in weights)  # the training mixture, not the eval extras
       from tinyrs_jax.data.records import TASKS
@@ -549,6 +523,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if keep.any():
       r.update(completion_stats(cat["lengths"][keep].astype(np.int32), cat["truncated"][keep].astype(bool),
                                 prefix="eval/completions/"))
+    r.update(eval_lib.flat_metrics(eval_metrics.aggregate(eval_lib.gather_scored_rows(scored),
+                                                          caption_metrics=False)))
     logging.info("eval step %d over %d prompts: reward %.3f | %s | per task: %s", step, r["eval/num_prompts"],
                  r["eval/reward"], " ".join(f"{k} {r[f'eval/rewards/{k}']:.3f}" for k in eval_weights),
                  " ".join(f"{k[14:]} {v:.3f}" for k, v in r.items() if k.startswith("eval/accuracy/")))
@@ -572,11 +548,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 
 def _eos_ids(source: runner.ModelSource) -> list[int]:
-  from tinyrs_jax.data.tokenizer import Tokenizer
-  ids = list(Tokenizer.from_folder(source.tokenizer_dir).eos_ids)
-  if source.cfg.eos_token_id is not None and source.cfg.eos_token_id not in ids:
-    ids.append(source.cfg.eos_token_id)
-  return ids
+  from tinyrs_jax.sampling.completions import eos_ids
+  return eos_ids(source.tokenizer_dir, source.cfg.eos_token_id)
 
 
 def write_samples(writer: metrics_lib.MetricsWriter, workdir: str, step: int, texts, examples, total, comps,

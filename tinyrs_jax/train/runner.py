@@ -9,6 +9,7 @@ import dataclasses
 import os
 import signal
 import time
+import types
 
 import jax
 import numpy as np
@@ -170,6 +171,21 @@ def load_init_params(source: ModelSource, model: state_lib.Model, shardings: sta
     host = host.to_pure_dict()
     return jax.tree.map(lambda x, a: _put_global(np.asarray(x, a.dtype), a.sharding), host, abstract)
   raise ValueError(f"no parameters to load for init {source.init!r}")
+
+
+def load_frozen_params(config, source: ModelSource, model: state_lib.Model, param_shardings, dtype):
+  """Parameters for inference (a GRPO reference, evaluation): from init (or random, the same draw as
+  state_lib.init_state), cast once to `dtype`, in their shardings."""
+  cast_sh = jax.tree.map(lambda a, s: s, model.abstract_params, param_shardings)
+  cast = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(dtype), p), in_shardings=(cast_sh,),
+                 out_shardings=cast_sh, donate_argnums=0)
+  if source.init in ("workdir", "hf"):
+    params = load_init_params(source, model, types.SimpleNamespace(params=param_shardings),
+                              config.init.get("step", -1))
+  else:
+    pkey = jax.random.split(jax.random.PRNGKey(int(config.seed)))[0]
+    params = jax.jit(model.build, out_shardings=param_shardings)(pkey)
+  return cast(params)
 
 
 def initial_state(config, source: ModelSource, model: state_lib.Model, opt, shardings, ckpt: "Checkpointer",

@@ -83,10 +83,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
   eval_data = (input_lib.EvalData(config, data, source.cfg, tokenizer_dir=source.tokenizer_dir, process_index=pi,
                                   process_count=pc) if has_eval else None)
 
+  from tinyrs_jax.evaluation.evaluator import TrainingEval
+  answers = (TrainingEval.maybe(config, data, model, mesh, source.tokenizer_dir, workdir,
+                                input_lib.eval_batch_size(config)) if has_eval else None)
+
   def run_eval(state, step):
     r = evaluate(eval_fn, state.params, eval_data, mesh)
     logging.info("eval step %d: eval_loss %.4f over %d tokens (%d batches)", step, r["eval_loss"], r["eval_tokens"],
                  r["eval_batches"])
+    if answers is not None:  # greedy answers to the first eval.generate_examples records, both rule sets
+      r.update(answers(state.params, step))
     return r
 
   trainable = optim_lib.trainable_groups(model.abstract_params, opt.mask)

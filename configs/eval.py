@@ -1,0 +1,63 @@
+"""Evaluation on the remote-sensing benchmarks: greedy answers, both scoring rule sets, tables and pictures.
+
+    python -m tinyrs_jax.main --config=configs/eval.py --workdir=runs/eval/grpo \
+      --config.init.workdir=runs/grpo --config.benchmarks.aid.path=/data/AID \
+      --config.benchmarks.dior_rsvg.path=/data/DIOR-RSVG --config.benchmarks.rsvqa_hr.path=/data/RSVQA-HR
+  init.workdir (one of our workdirs, or one of its checkpoints/<step> folders; init.step picks a step) or
+  init.hf_dir (e.g. Qwen2-VL-2B-Instruct, to evaluate the starting point). Every benchmark whose path is set
+  runs (eval.run=aid,dior_rsvg narrows that); the built-in entries are in tinyrs_jax/evaluation/suite.py.
+  Writes DIR/results.json, DIR/results.md, DIR/predictions/<benchmark>.jsonl and DIR/pictures/. A rerun skips
+  the benchmarks already finished with the same settings and resumes an interrupted one where it stopped.
+
+The demo (this CPU): the synthetic validation split, every task:
+    python -m tinyrs_jax.main --config=configs/eval.py:demo --workdir=runs/demo/eval/cot \
+      --config.init.workdir=runs/demo/cot
+  (launch/demo.sh evaluates the starting point and every stage's final checkpoint this way.)
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import ml_collections
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+
+def get_config(arg: str | None = None):
+  c = common.base("eval")
+  c.trainer = "eval"
+  # the image sizes: 0 = the checkpoint's own (its tokenizer folder's preprocessor_config.json, as trained)
+  c.data.min_pixels = 0
+  c.data.max_pixels = 0
+  c.data.max_length = 4096  # prompts longer than this are skipped (counted in results.json)
+  c.eval = ml_collections.ConfigDict(dict(
+      run="",  # comma-separated benchmark names; "" = every benchmark whose path is set
+      batch_size=64,  # prompts per generation batch (global)
+      max_new_tokens=512,  # answers are cut here (counted as truncated)
+      prompt="{question}",  # the default prompt template ({question}: the record's question, image included)
+      answer_tag="answer",  # the graded span (rules.py); reasoning inside think_tags is never graded
+      think_tags="think,reasoning",
+      box_format="qwen1000",  # how a bare [x1,y1,x2,y2] in an answer is read: qwen1000 | pixels | norm1
+      mc_mode="generate",  # multiple choice: generate (the first option letter) | loglik (the option text with the
+      #                      highest mean log-probability per token after the prompt; no generation)
+      limit=-1,  # examples per benchmark at most (-1: all; a benchmark's own limit wins when set)
+      pictures=True,  # confusion matrices and grounding grids in DIR/pictures
+      picture_examples=6,  # grounding grid: this many best and this many worst examples
+      log_every_s=30.0,
+  ))
+  from tinyrs_jax.evaluation import suite
+  c.benchmarks = suite.builtin_benchmarks()
+  c.checkpoint.async_save = False
+  if arg == "demo":
+    c = common.demo(c)
+    c.init.allow_random = True  # without init.workdir: the random starting point of the demo chain
+    c.eval.batch_size = 64
+    c.eval.max_new_tokens = 128  # the demo cot checkpoint writes ~40 tokens (max 73)
+    c.eval.limit = 400  # 80 scenes x 5 tasks of the 994 held-out records (file order: whole scenes)
+    c.eval.run = "synthetic,synthetic_caption"
+    c.benchmarks.synthetic_caption.limit = 64
+  elif arg:
+    raise ValueError(f"unknown variant {arg!r} of configs/eval.py; use :demo or nothing")
+  return c

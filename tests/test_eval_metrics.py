@@ -1,0 +1,154 @@
+"""The evaluation's two rule sets and its metrics, on hand-computed cases (tinyrs_jax/evaluation/rules.py,
+metrics.py): what each rule set calls correct, Acc@0.5/0.7 at their boundaries, the size buckets at their
+thresholds, grounding denominators, multiple choice, and the aggregation's counts."""
+import pytest
+
+from tinyrs_jax.evaluation import metrics, rules
+
+
+def ex(task, answer=None, **kw):
+  return {"task": task, "answer": answer, **kw}
+
+
+@pytest.mark.parametrize("output,answer,strict,tinyrs", [
+    ("residential", "residential", True, True),
+    ("Residential.", "residential", True, True),
+    ("<think>grey roofs</think><answer>airport</answer>", "airport", True, True),
+    ("", "dense residential", False, True),  # tinyrs: the empty string is a substring of every answer
+    ("residential", "dense residential", False, True),  # tinyrs: a partial name is a substring
+    ("airport, because of the runway", "airport", False, True),  # tinyrs: cut at the first comma
+    ("airport. It has a runway", "airport", False, True),  # tinyrs: cut at the first period
+    ("<reasoning>a runway so airport", "airport", False, False),  # unclosed: graded whole in both
+    ("<reasoning>runway</reasoning>airport", "airport", True, True),  # the original's tag
+    ("<think>runway</think> airport", "airport", True, True),
+    ("Dense Residential", "dense residential", True, True),
+    ("forest", "airport", False, False),
+])
+def test_classify_rules(output, answer, strict, tinyrs):
+  row = rules.score(output, ex("classify", answer))
+  assert row["correct_strict"] is strict
+  assert row["correct_tinyrs"] is tinyrs
+
+
+@pytest.mark.parametrize("task,output,answer,strict,tinyrs", [
+    ("vqa_presence", "Yes, there is one.", "yes", True, True),
+    ("vqa_presence", "yes and no", "yes", False, False),  # strict: hedging; tinyrs: 'yesandno' not in 'yes'
+    ("vqa_presence", "n", "no", False, True),
+    ("vqa_presence", "", "no", False, True),
+    ("vqa_count", "3 ships", "3", True, False),  # tinyrs: '3ships' is not a substring of '3'
+    ("vqa_count", "1", "10", False, True),  # tinyrs: '1' is a substring of '10'
+    ("vqa_count", "three", "3", True, False),
+    ("vqa_rural_urban", "Urban", "urban", True, True),
+])
+def test_vqa_rules(task, output, answer, strict, tinyrs):
+  row = rules.score(output, ex(task, answer))
+  assert row["correct_strict"] is strict
+  assert row["correct_tinyrs"] is tinyrs
+
+
+@pytest.mark.parametrize("output,strict,tinyrs", [
+    ("B", True, True), ("(B) forest", True, False), ("b", True, True), ("Answer: B", True, False),
+    ("forest", True, False),  # strict: exactly one option's text; tinyrs: 'forest' is not in 'b'
+    ("", False, True), ("A", False, False), ("E", False, False), ("a forest", False, False),
+])
+def test_multiple_choice_rules(output, strict, tinyrs):
+  row = rules.score(output, ex("mc", "B", extra={"choices": ["water", "forest", "desert", "farmland"]}))
+  assert row["correct_strict"] is strict
+  assert row["correct_tinyrs"] is tinyrs
+
+
+def ground(pred_text, truth=(0, 0, 100, 100)):
+  # a 1000 x 1000 image: Qwen's 0-1000 grid is the pixel grid
+  return rules.score(pred_text, ex("ground", boxes=[{"label": "x", "box": list(truth)}], width=1000, height=1000))
+
+
+def test_grounding_iou_boundaries():
+  half = ground("<|box_start|>(0,0),(100,50)<|box_end|>")  # IoU exactly 0.5
+  assert half["iou"] == pytest.approx(0.5) and half["correct_strict"] and half["correct_tinyrs"]
+  below = ground("<|box_start|>(0,0),(100,49)<|box_end|>")
+  assert below["iou"] == pytest.approx(0.49) and not below["correct_strict"]
+  assert ground("(0,0),(100,70)")["iou"] == pytest.approx(0.7)
+  rows = [dict(r, task="ground", index=i) for i, r in enumerate(
+      [half, below, ground("(0,0),(100,70)"), ground("(0,0),(100,69)")])]
+  m = metrics.aggregate(rows)
+  assert m["ground/acc@0.5"]["strict"] == pytest.approx(3 / 4)
+  assert m["ground/acc@0.7"]["strict"] == pytest.approx(1 / 4)
+  assert m["ground/miou"]["strict"] == pytest.approx((0.5 + 0.49 + 0.7 + 0.69) / 4)
+
+
+def test_no_plus_one_convention():
+  # with a +1 convention this would be (11*11)/(21*11) = 0.524 -> a hit; without it, 10*10/(20*10) = 0.5
+  r = rules.score("(0,0),(20,10)", ex("ground", boxes=[{"label": "x", "box": [0, 0, 10, 10]}], width=1000,
+                                       height=1000))
+  assert r["iou"] == pytest.approx(0.5)
+
+
+def test_box_scaling_to_pixels():
+  # 0-1000 grid -> pixels of an 800 x 400 image
+  r = rules.score("(100,100),(500,500)", ex("ground", boxes=[{"label": "x", "box": [80, 40, 400, 200]}],
+                                             width=800, height=400))
+  assert r["pred_box"] == [80, 40, 400, 200] and r["iou"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("side,bucket", [(32, "small"), (None, "medium"), (96, "medium"), (97, "large")])
+def test_size_buckets_at_thresholds(side, bucket):
+  box = (0, 0, side, side) if side else (0, 0, 1025, 1)  # area 1025: just above small
+  assert rules.size_bucket(box) == bucket
+  assert rules.size_bucket((0, 0, 1024, 1)) == "small"
+  assert rules.size_bucket((0, 0, 9216, 1)) == "medium" and rules.size_bucket((0, 0, 9217, 1)) == "large"
+
+
+def test_unparseable_box_strict_miss_tinyrs_dropped():
+  rows = [dict(ground("(0,0),(100,100)"), task="ground"), dict(ground("I cannot tell"), task="ground"),
+          dict(ground(""), task="ground"), dict(ground("(0,0),(100,20)"), task="ground")]
+  assert rows[1]["parsed"] is False and rows[1]["correct_strict"] is False and rows[1]["correct_tinyrs"] is None
+  m = metrics.aggregate(rows)
+  assert m["ground/acc@0.5"] == {"strict": 0.25, "tinyrs": 0.5, "n_strict": 4, "n_tinyrs": 2}
+  assert m["ground/parsed"]["strict"] == 0.5
+  assert m["ground/miou"]["strict"] == pytest.approx(1.2 / 4) and m["ground/miou"]["tinyrs"] == pytest.approx(0.6)
+
+
+def test_size_bucket_metrics():
+  rows = []
+  for i, (truth, pred) in enumerate([((0, 0, 32, 32), "(0,0),(32,32)"), ((0, 0, 32, 32), "(0,0),(3,3)"),
+                                     ((0, 0, 90, 90), "(0,0),(90,90)"), ((0, 0, 200, 200), "nothing")]):
+    rows.append(dict(ground(pred, truth), task="ground", index=i))
+  m = metrics.aggregate(rows)
+  assert m["ground/acc@0.5/small"]["strict"] == 0.5 and m["ground/acc@0.5/small"]["n_strict"] == 2
+  assert m["ground/acc@0.5/medium"]["strict"] == 1.0
+  assert m["ground/acc@0.5/large"] == {"strict": 0.0, "tinyrs": 0.0, "n_strict": 1, "n_tinyrs": 0}
+
+
+def test_aggregate_accuracy_tasks_and_types():
+  rows = []
+  for i, (task, out, ans, qt) in enumerate([("classify", "forest", "forest", []), ("classify", "", "water", []),
+                                            ("vqa_presence", "yes", "yes", ["presence"]),
+                                            ("vqa_compare", "no", "yes", ["comp"])]):
+    rows.append({"index": i, "task": task, "question_types": qt, **rules.score(out, ex(task, ans))})
+  rows.append({"index": 9, "task": "caption", **rules.score("a field", ex("caption"))})  # no accuracy
+  m = metrics.aggregate(rows, caption_metrics=False)
+  assert m["accuracy"] == {"strict": 0.5, "tinyrs": 0.75, "n_strict": 4, "n_tinyrs": 4}
+  assert m["accuracy/classify"]["strict"] == 0.5 and m["accuracy/classify"]["tinyrs"] == 1.0
+  assert m["type/presence"]["strict"] == 1.0 and m["type/comp"]["strict"] == 0.0
+  assert "ground/acc@0.5" not in m
+
+
+def test_confusion_counts():
+  rows = [{"task": "classify", "reference": r, **rules.score(o, ex("classify", r))}
+          for r, o in [("forest", "forest"), ("forest", "water"), ("water", "water"), ("water", "a lake")]]
+  classes, cols, counts = metrics.confusion(rows)
+  assert classes == ["forest", "water"] and cols == ["forest", "water", "other"]
+  assert counts == [[1, 1, 0], [0, 1, 1]]
+
+
+def test_markdown_table_lists_both_rule_sets():
+  results = {"aid": {"metrics": {"accuracy": {"strict": 0.5, "tinyrs": 0.75, "n_strict": 4, "n_tinyrs": 4}}}}
+  md = metrics.markdown_table(results)
+  assert "| aid | accuracy | 0.5000 | 0.7500 | 4 |" in md and "strict" in md and "tinyrs" in md
+
+
+def test_rules_never_raise_on_junk():
+  for junk in (None, b"bytes", "<answer>", "</answer><answer>", "(" * 1000, "[1,2,3,4]" * 100, "\x00"):
+    for task in ("classify", "vqa_count", "mc", "ground", "caption"):
+      rules.score(junk, ex(task, "B" if task == "mc" else "3", boxes=[{"label": "x", "box": [0, 0, 5, 5]}],
+                           width=10, height=10))

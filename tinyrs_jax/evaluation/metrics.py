@@ -1,0 +1,120 @@
+"""A benchmark's metrics from its prediction rows (the rows of predictions/<benchmark>.jsonl).
+
+Everything in results.json is computed here from the rows alone, so the results can be recomputed from the
+predictions files (`aggregate(read_rows(path))`), and a test checks they are.
+
+Every metric is `{"strict": value, "tinyrs": value, "n_strict": count, "n_tinyrs": count}`: the value under each
+rule set (evaluation/rules.py) and the number of examples it is over. Names:
+  accuracy                  every example with a short reference (not grounding, not captions)
+  accuracy/<task>           the same per task (classify, vqa_presence, mc, ...)
+  type/<question type>      per question type (RSVQA's presence/comp/..., LHRS-Bench's 11 types, VRSBench's)
+  ground/acc@0.5, ground/acc@0.7, ground/miou, ground/acc@0.5/{small,medium,large}, ground/parsed
+  caption/bleu1..4, caption/rouge_l, caption/cider   (no rule set applies: the same value in both columns)
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable, Sequence
+
+from tinyrs_jax.evaluation.rules import RULE_SETS
+
+SIZES = ("small", "medium", "large")
+
+
+def _metric(strict: Sequence[float], tinyrs: Sequence[float]) -> dict:
+  mean = lambda v: float(sum(v) / len(v)) if len(v) else 0.0
+  return {"strict": mean(strict), "tinyrs": mean(tinyrs), "n_strict": len(strict), "n_tinyrs": len(tinyrs)}
+
+
+def _same(value: float, n: int) -> dict:
+  return {"strict": float(value), "tinyrs": float(value), "n_strict": n, "n_tinyrs": n}
+
+
+def _correct(rows: list[dict]) -> dict:
+  return _metric([float(r["correct_strict"]) for r in rows if r.get("correct_strict") is not None],
+                 [float(r["correct_tinyrs"]) for r in rows if r.get("correct_tinyrs") is not None])
+
+
+def question_types(row: dict) -> list[str]:
+  types = row.get("question_types") or []
+  return [str(t) for t in (types if isinstance(types, list) else [types]) if str(t)]
+
+
+def aggregate(rows: Iterable[dict], *, caption_metrics: bool = True) -> dict[str, dict]:
+  """{metric name: {strict, tinyrs, n_strict, n_tinyrs}} over a benchmark's prediction rows."""
+  rows = list(rows)
+  out: dict[str, dict] = {}
+  answered = [r for r in rows if r.get("task") not in ("ground", "caption") and r.get("correct_strict") is not None]
+  if answered:
+    out["accuracy"] = _correct(answered)
+    for task in sorted({r["task"] for r in answered}):
+      out[f"accuracy/{task}"] = _correct([r for r in answered if r["task"] == task])
+    for qtype in sorted({t for r in answered for t in question_types(r)}):
+      out[f"type/{qtype}"] = _correct([r for r in answered if qtype in question_types(r)])
+  ground = [r for r in rows if r.get("task") == "ground"]
+  if ground:
+    parsed = [r for r in ground if r.get("iou_tinyrs") is not None]
+    for t in (0.5, 0.7):
+      out[f"ground/acc@{t}"] = _metric([float(r["iou"] >= t) for r in ground],
+                                      [float(r["iou_tinyrs"] >= t) for r in parsed])
+    out["ground/miou"] = _metric([r["iou"] for r in ground], [r["iou_tinyrs"] for r in parsed])
+    for size in SIZES:
+      g = [r for r in ground if r.get("size") == size]
+      if g:
+        out[f"ground/acc@0.5/{size}"] = _metric([float(r["iou"] >= 0.5) for r in g],
+                                               [float(r["iou_tinyrs"] >= 0.5) for r in g
+                                                if r.get("iou_tinyrs") is not None])
+    out["ground/parsed"] = _same(sum(bool(r.get("parsed")) for r in ground) / len(ground), len(ground))
+    for qtype in sorted({t for r in ground for t in question_types(r)}):
+      g = [r for r in ground if qtype in question_types(r)]
+      out[f"ground/acc@0.5/{qtype}"] = _metric([float(r["iou"] >= 0.5) for r in g],
+                                              [float(r["iou_tinyrs"] >= 0.5) for r in g
+                                               if r.get("iou_tinyrs") is not None])
+  captions = [r for r in rows if r.get("task") == "caption" and r.get("references")]
+  if captions and caption_metrics:
+    from tinyrs_jax.evaluation import captions as captions_lib
+    scores = captions_lib.caption_scores([r.get("output") or "" for r in captions],
+                                         [r["references"] for r in captions])
+    for k in ("bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "cider"):
+      if k in scores:
+        out[f"caption/{k}"] = _same(scores[k], len(captions))
+  return out
+
+
+def confusion(rows: Iterable[dict]) -> tuple[list[str], list[str], list[list[int]]]:
+  """(true classes, predicted columns = the classes + "other", counts) of a benchmark's classify rows, from
+  the strict (normalised) answers."""
+  rows = [r for r in rows if r.get("task") == "classify" and r.get("reference") is not None]
+  classes = sorted({_norm(r["reference"]) for r in rows})
+  cols = classes + ["other"]
+  index = {c: i for i, c in enumerate(classes)}
+  counts = [[0] * len(cols) for _ in classes]
+  for r in rows:
+    counts[index[_norm(r["reference"])]][index.get(r.get("answer_strict") or "", len(classes))] += 1
+  return classes, cols, counts
+
+
+def _norm(text: Any) -> str:
+  from tinyrs_jax.rewards import scoring
+  return scoring.normalize_answer(text)
+
+
+def read_rows(path: str) -> list[dict]:
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def markdown_table(results: dict[str, dict]) -> str:
+  """results.md: one table, a row per (benchmark, metric), the strict and tinyrs values with their counts."""
+  lines = ["| benchmark | metric | strict | tinyrs | n (strict / tinyrs) |", "|---|---|---:|---:|---:|"]
+  for name, entry in results.items():
+    for metric, v in entry.get("metrics", {}).items():
+      n = f"{v['n_strict']}" if v["n_strict"] == v["n_tinyrs"] else f"{v['n_strict']} / {v['n_tinyrs']}"
+      lines.append(f"| {name} | {metric} | {v['strict']:.4f} | {v['tinyrs']:.4f} | {n} |")
+  notes = ("\nstrict: normalised exact match, an empty answer is wrong, an output without a box is a grounding "
+           "miss. tinyrs: the original work's rules (substring match after removing spaces; grounding over "
+           "parseable outputs only), for comparison with published tables; see tinyrs_jax/evaluation/rules.py.\n")
+  return "\n".join(lines) + "\n" + notes
+
+
+__all__ = ["aggregate", "confusion", "read_rows", "markdown_table", "RULE_SETS"]
