@@ -22,6 +22,7 @@ The trainer's pieces are plain callables:
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import time
@@ -142,7 +143,22 @@ def close_run(config, workdir: str, result: LoopResult, data_it, writer, model, 
     data_it.close()
   if not result.preempted:
     export_if_asked(config, workdir, model, result.state.params, tokenizer_dir)
+    mark_finished(workdir, result.step)
   writer.close()
+
+
+FINISHED = "finished.json"
+
+
+def mark_finished(workdir: str, step: int) -> None:
+  """workdir/finished.json: the run reached its last step (what sweeps and launchers check; process 0 writes)."""
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, FINISHED), "w") as f:
+      json.dump({"step": int(step), "time": time.time()}, f)
+
+
+def is_finished(workdir: str) -> bool:
+  return os.path.exists(os.path.join(workdir, FINISHED))
 
 
 def export_if_asked(config, workdir: str, model, params, tokenizer_dir: str | None) -> None:
