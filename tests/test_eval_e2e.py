@@ -69,6 +69,8 @@ def test_killed_run_resumes_to_the_same_results(reference, tmp_path):
   p = main(wd, *EVAL, "--config.debug_kill_at_step=16", check=False)  # killed after 2 of 3 batches
   assert p.returncode == -9, p.stderr[-3000:]
   assert len(predictions(wd)) == 16 and not os.path.exists(os.path.join(wd, "results.json"))
+  with open(os.path.join(wd, "predictions", "synthetic.jsonl"), "a") as f:
+    f.write('{"index": 16, "id": "half a li')  # a write the kill cut short
   p = main(wd, *EVAL)
   assert "resuming after 16 of 24 records" in p.stderr
   assert predictions(wd) == predictions(reference)
@@ -104,8 +106,34 @@ def test_generation_eval_inside_a_training_run(tmp_path):
   assert [r["step"] for r in ev] == [0, 2]
   for r in ev:
     for key in ("eval/strict/accuracy", "eval/tinyrs/accuracy", "eval/strict/accuracy/classify",
-                "eval/strict/ground/miou", "eval/tinyrs/ground/acc@0.5"):
+                "eval/strict/ground/miou", "eval/tinyrs/ground/acc_at_0.5"):
       assert key in r, key
   for step in (0, 2):
     with open(os.path.join(wd, "eval_predictions", f"step_{step}.jsonl")) as f:
       assert len(f.readlines()) == 10
+
+
+@pytest.mark.slow
+def test_unusable_records_are_strict_misses(tmp_path):
+  """Prompts over data.max_length (the classification prompts list 8 classes) cannot be answered: each gets a row
+  with an empty output, wrong under strict, not counted under tinyrs."""
+  wd = str(tmp_path / "short")
+  main(wd, *EVAL, "--config.data.max_length=72", "--config.data.length_buckets=(72,)")
+  rows = predictions(wd)
+  skipped = [r for r in rows if r.get("skipped")]
+  assert len(rows) == 24 and skipped and {r["task"] for r in skipped} == {"classify"}
+  assert all(r["correct_strict"] is False and r["correct_tinyrs"] is None for r in skipped)
+  r = results(wd)["synthetic"]
+  assert r["skipped_unusable"] == len(skipped)
+  assert r["metrics"]["accuracy/classify"]["n_strict"] == len(skipped) and r["metrics"]["accuracy/classify"]["n_tinyrs"] == 0
+  assert f"{len(skipped)} records could not be used" in open(os.path.join(wd, "results.md")).read()
+
+
+@pytest.mark.slow
+def test_training_workdir_is_refused_as_eval_workdir(tmp_path):
+  """--workdir holding checkpoints (a training run's) would otherwise look like a resume: refused, naming the fix."""
+  wd = str(tmp_path / "train")
+  main(wd, "--config=configs/pretrain.py:demo", "--config.data.source=random", "--config.model.preset=tiny",
+       "--config.batch_size=8", "--config.data.length=32", "--config.total_steps=1", "--config.eval.num_batches=0")
+  p = main(wd, *EVAL, check=False)
+  assert p.returncode != 0 and f"--config.init.workdir={wd}" in p.stderr

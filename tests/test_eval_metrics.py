@@ -23,6 +23,9 @@ def ex(task, answer=None, **kw):
     ("<think>runway</think> airport", "airport", True, True),
     ("Dense Residential", "dense residential", True, True),
     ("forest", "airport", False, False),
+    ("Airport\n", "airport", True, True),  # stripped
+    ("<answer>Airport", "airport", False, True),  # tinyrs: an unclosed answer tag runs to the end
+    ("<reasoning>runway</reasoning>\n<answer>Airport</answer>", "airport", True, True),
 ])
 def test_classify_rules(output, answer, strict, tinyrs):
   row = rules.score(output, ex("classify", answer))
@@ -48,10 +51,13 @@ def test_vqa_rules(task, output, answer, strict, tinyrs):
 
 @pytest.mark.parametrize("output,strict,tinyrs", [
     ("B", True, True), ("(B) forest", True, False), ("b", True, True), ("Answer: B", True, False),
-    ("forest", True, False),  # strict: exactly one option's text; tinyrs: 'forest' is not in 'b'
-    ("", False, True), ("A", False, False), ("E", False, False), ("a forest", False, False),
+    ("forest", True, True),  # strict: exactly one option's text; tinyrs: 'forest' is in 'bforest' ("B. forest")
+    ("", False, True), ("A", False, False), ("a forest", False, False),
+    ("E", False, True),  # tinyrs: 'e' is a substring of 'bforest'
+    ("B, forest", True, False),  # tinyrs: no comma cut for LHRS-Bench; 'b,forest' is not in 'bforest'
 ])
 def test_multiple_choice_rules(output, strict, tinyrs):
+  # the reference as the original's files write it: the reader's raw answer, else "<letter>. <option>"
   row = rules.score(output, ex("mc", "B", extra={"choices": ["water", "forest", "desert", "farmland"]}))
   assert row["correct_strict"] is strict
   assert row["correct_tinyrs"] is tinyrs
@@ -152,3 +158,8 @@ def test_rules_never_raise_on_junk():
     for task in ("classify", "vqa_count", "mc", "ground", "caption"):
       rules.score(junk, ex(task, "B" if task == "mc" else "3", boxes=[{"label": "x", "box": [0, 0, 5, 5]}],
                            width=10, height=10))
+
+
+def test_multiple_choice_raw_reference():
+  row = rules.score("3", ex("mc", "C", extra={"choices": ["1", "2", "3 ships"], "raw_answer": "C. 3 ships"}))
+  assert row["correct_strict"] is False and row["correct_tinyrs"] is True

@@ -9,13 +9,17 @@ For each benchmark, in config order:
   2. global batches of prompts in file order (each process its rows; bad records become padding rows, counted)
      are answered by the generation engine, greedy, sharded over the mesh like training (one prefill per
      prompt, decode until every row stopped);
-  3. every process's tokens are gathered; process 0 decodes them, scores each row and appends it to
-     DIR/predictions/<benchmark>.jsonl, then records how many records are done (DIR/predictions/<benchmark>
-     .progress.json), so a killed run resumes at the next batch, with the same batches;
+  3. every process's tokens are gathered and decoded and every row scored (each process holds the same rows);
+     process 0 appends them to DIR/predictions/<benchmark>.jsonl, then records how many records are done
+     (DIR/predictions/<benchmark>.progress.json), so a killed run resumes at the next batch, with the same
+     batches. A record the pipeline could not use (unreadable image, prompt over data.max_length) gets a row
+     with skipped=true and an empty output: a miss under strict, not counted under tinyrs (the original would
+     have stopped on it);
   4. results.json / results.md get the benchmark's metrics (recomputable from the predictions file alone), and
      DIR/pictures its confusion matrix (classification) and grounding grid (best and worst).
-A benchmark already in results.json with the same fingerprint (checkpoint, reader entry, generation settings) is
-not recomputed.
+A benchmark already in results.json with the same fingerprint (checkpoint and the step loaded, reader entry,
+eval settings, image and length limits) is not recomputed. Process 0 decides what is skipped or resumed and
+tells the others, so hosts never disagree about the batches.
 """
 from __future__ import annotations
 
@@ -136,6 +140,18 @@ def prediction_row(index: int, record, output: str, length: int, truncated: bool
   return row
 
 
+def skipped_row(index: int, record, score_kw: dict) -> dict:
+  """The row of a record the pipeline could not use: an empty answer, a miss under strict, unscored under tinyrs."""
+  try:
+    row = prediction_row(index, record, "", 0, False, score_kw)
+  except (ValueError, OSError):  # its image header is unreadable too
+    row = prediction_row(index, dataclasses.replace(record, image_size=(1, 1)), "", 0, False, score_kw)
+  row.update(skipped=True, correct_tinyrs=None)
+  if row.get("task") == "ground":
+    row["iou_tinyrs"] = None
+  return row
+
+
 # ---------------------------------------------------------------------------------------- the evaluation
 
 class Evaluator:
@@ -230,7 +246,10 @@ class Evaluator:
     after each (process 0 writes there); returns all rows (on every process)."""
     t0, last_log, done, all_rows = time.time(), time.time(), 0, []
     total = len(records)
-    loglik = self.mc_mode == "loglik" and records and all(r.task == "mc" for r in records)
+    loglik = self.mc_mode == "loglik" and any(r.task == "mc" for r in records)
+    if loglik and not all(r.task == "mc" for r in records):
+      raise ValueError(f"{name}: eval.mc_mode=loglik scores multiple-choice benchmarks only; this one mixes "
+                       f"{sorted({r.task for r in records})}")
     if loglik:
       options, k, width = self.option_tokens(records)
     for host_batch in self.batches(records):
@@ -249,6 +268,11 @@ class Evaluator:
       if loglik:
         for row, r in zip(rows, [r for r, i in enumerate(index) if i >= 0]):
           row["option_logprobs"] = [float(x) for x in scores[r][:len(options[row["index"] - first_index])]]
+      seen = {row["index"] for row in rows}
+      for i in range(done, min(done + self.batch_size, total)):  # records the pipeline could not use
+        if first_index + i not in seen:
+          rows.append(skipped_row(first_index + i, records[i], self.score_kw))
+      rows.sort(key=lambda row: row["index"])
       done = min(done + self.batch_size, total)
       all_rows += rows
       if on_batch is not None:
@@ -286,17 +310,35 @@ def write_results(workdir: str, results: dict) -> None:
     f.write(metrics_lib.markdown_table(results))
 
 
+IDENTITY_EXCLUDED = ("run", "log_every_s", "pictures", "picture_examples")  # eval fields that change no number
+
+
+def loaded_step(source: runner.ModelSource, config) -> int | None:
+  """The checkpoint step an init.workdir source resolves to (its latest when none is named)."""
+  from tinyrs_jax.checkpoint import orbax_io
+  if source.init != "workdir":
+    return None
+  workdir, step = orbax_io._find(source.init_path)
+  if step is None:
+    wanted = int(config.init.get("step", -1))
+    step = wanted if wanted >= 0 else orbax_io.latest_step(workdir)
+  return step
+
+
 def fingerprint(name: str, b: dict, config, source: runner.ModelSource, num_records: int) -> str:
-  e = config.eval
-  key = {"benchmark": name, "entry": b, "checkpoint": [source.init, source.init_path, int(config.init.get("step", -1))],
-         "generation": [int(e.max_new_tokens), e.answer_tag, e.think_tags, e.box_format, int(e.batch_size)],
-         "records": num_records, "model": [config.model.dtype, int(config.seed)]}
+  """What decides a benchmark's numbers: a benchmark whose fingerprint is in results.json is not recomputed."""
+  d = config.data
+  key = {"benchmark": name, "entry": b, "records": num_records,
+         "checkpoint": [source.init, source.init_path, loaded_step(source, config)],
+         "eval": {k: v for k, v in config.eval.to_dict().items() if k not in IDENTITY_EXCLUDED},
+         "data": [d.min_pixels, d.max_pixels, d.max_length, list(d.length_buckets), list(d.patch_buckets)],
+         "model": [config.model.dtype, int(config.seed)]}
   return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def resume_point(pred_path: str, progress_path: str, fp: str) -> int:
-  """Records already answered by an interrupted run with the same fingerprint (0: start over); the
-  predictions file is cut back to exactly those records' rows."""
+  """(Process 0) records already answered by an interrupted run with the same fingerprint (0: start over); the
+  predictions file is cut back to exactly those records' rows (a line cut short by a kill is dropped)."""
   if not (os.path.exists(progress_path) and os.path.exists(pred_path)):
     return 0
   with open(progress_path, encoding="utf-8") as f:
@@ -304,11 +346,18 @@ def resume_point(pred_path: str, progress_path: str, fp: str) -> int:
   if progress.get("fingerprint") != fp:
     return 0
   done = int(progress["records_done"])
-  rows = [r for r in metrics_lib.read_rows(pred_path) if r["index"] < done]
-  if jax.process_index() == 0:
-    with open(pred_path, "w", encoding="utf-8") as f:
-      f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+  rows = [r for r in metrics_lib.read_rows(pred_path, tolerant=True) if r["index"] < done]
+  with open(pred_path, "w", encoding="utf-8") as f:
+    f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
   return done
+
+
+def _agree(values: list[int]) -> list[int]:
+  """Process 0's values, on every process."""
+  if jax.process_count() == 1:
+    return values
+  from jax.experimental import multihost_utils
+  return [int(v) for v in multihost_utils.broadcast_one_to_all(np.asarray(values, np.int64))]
 
 
 # ------------------------------------------------------------------------------------------------- run
@@ -329,6 +378,10 @@ def demo_assets(config) -> str | None:
 
 def _source_and_model(config, workdir: str):
   from tinyrs_jax.models.qwen2_vl import as_dtype
+  from tinyrs_jax.checkpoint import orbax_io
+  if orbax_io.latest_step(workdir) is not None:
+    raise ValueError(f"--workdir={workdir} holds training checkpoints: evaluate them with "
+                     f"--config.init.workdir={workdir} and write the evaluation to another --workdir")
   spec_tok = config.data.get("tokenizer_dir") or demo_assets(config)
   source = runner.resolve_model(config, workdir, spec_tok)
   if not source.tokenizer_dir:
@@ -362,16 +415,20 @@ def train_and_evaluate(config, workdir: str) -> dict:
                [n for n, _ in benches])
   evaluator = Evaluator.from_eval_config(config, model, mesh, _processor(config, source.tokenizer_dir),
                                         source.tokenizer_dir)
-  results = read_results(workdir)
+  results = read_results(workdir) if main else {}
   for name, b in benches:
     records, skips = load_benchmark(name, b, config.eval.prompt, int(config.eval.limit))
+    if any(r.task == "caption" for r in records) and not _has_caption_scorers():
+      raise ImportError(f"{name} has captions, scored with pycocoevalcap: pip install -e \".[eval]\"")
     fp = fingerprint(name, b, config, source, len(records))
-    if results.get(name, {}).get("fingerprint") == fp:
-      logging.info("eval %s: already in %s (same checkpoint and settings), not recomputed", name, RESULTS_JSON)
-      continue
     pred_path = os.path.join(workdir, PREDICTIONS, f"{name}.jsonl")
     progress_path = os.path.join(workdir, PREDICTIONS, f"{name}.progress.json")
-    start = resume_point(pred_path, progress_path, fp)
+    finished = main and results.get(name, {}).get("fingerprint") == fp
+    start = resume_point(pred_path, progress_path, fp) if main and not finished else 0
+    finished, start = _agree([int(finished), start])
+    if finished:
+      logging.info("eval %s: already in %s (same checkpoint and settings), not recomputed", name, RESULTS_JSON)
+      continue
     if start:
       logging.info("eval %s: resuming after %d of %d records", name, start, len(records))
     elif main:
@@ -389,9 +446,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
     evaluator.answer_records(params, records[start:], first_index=start, on_batch=on_batch, name=name)
     rows = metrics_lib.read_rows(pred_path) if main else []
+    skipped = sum(bool(r.get("skipped")) for r in rows)
     seconds = time.time() - t0
     results[name] = {"fingerprint": fp, "format": b["format"], "path": b["path"], "records": len(records),
-                     "examples": len(rows), "skipped_unreadable": len(records) - len(rows) if main else None,
+                     "examples": len(rows), "skipped_unusable": skipped,
                      "reader_skips": dict(skips.skipped), "seconds": round(seconds, 1),
                      "examples_per_s": round((len(records) - start) / max(seconds, 1e-9), 3),
                      "checkpoint": source.init_path or "random init",
@@ -427,7 +485,7 @@ def flat_metrics(m: dict[str, dict], prefix: str = "eval/") -> dict[str, float]:
   out = {}
   for name, v in m.items():
     for rule in rules.RULE_SETS:
-      out[f"{prefix}{rule}/{name}"] = float(v[rule])
+      out[f"{prefix}{rule}/{name.replace('@', '_at_')}"] = float(v[rule])  # TensorBoard refuses '@' in names
   return out
 
 

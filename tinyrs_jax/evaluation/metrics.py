@@ -73,7 +73,8 @@ def aggregate(rows: Iterable[dict], *, caption_metrics: bool = True) -> dict[str
   captions = [r for r in rows if r.get("task") == "caption" and r.get("references")]
   if captions and caption_metrics:
     from tinyrs_jax.evaluation import captions as captions_lib
-    scores = captions_lib.caption_scores([r.get("output") or "" for r in captions],
+    # the answer span (reasoning and tags removed), as the model would be read
+    scores = captions_lib.caption_scores([r.get("answer_text", r.get("output")) or "" for r in captions],
                                          [r["references"] for r in captions])
     for k in ("bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "cider"):
       if k in scores:
@@ -99,9 +100,19 @@ def _norm(text: Any) -> str:
   return scoring.normalize_answer(text)
 
 
-def read_rows(path: str) -> list[dict]:
+def read_rows(path: str, *, tolerant: bool = False) -> list[dict]:
+  """A predictions file's rows; `tolerant` drops lines that do not parse (a write cut short by a kill)."""
+  rows = []
   with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+    for line in f:
+      if not line.strip():
+        continue
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError:
+        if not tolerant:
+          raise
+  return rows
 
 
 def markdown_table(results: dict[str, dict]) -> str:
@@ -111,6 +122,10 @@ def markdown_table(results: dict[str, dict]) -> str:
     for metric, v in entry.get("metrics", {}).items():
       n = f"{v['n_strict']}" if v["n_strict"] == v["n_tinyrs"] else f"{v['n_strict']} / {v['n_tinyrs']}"
       lines.append(f"| {name} | {metric} | {v['strict']:.4f} | {v['tinyrs']:.4f} | {n} |")
+  for name, entry in results.items():
+    if entry.get("skipped_unusable"):
+      lines.append(f"\n{name}: {entry['skipped_unusable']} records could not be used (unreadable image or prompt "
+                   "over data.max_length): misses under strict, not counted under tinyrs.")
   notes = ("\nstrict: normalised exact match, an empty answer is wrong, an output without a box is a grounding "
            "miss. tinyrs: the original work's rules (substring match after removing spaces; grounding over "
            "parseable outputs only), for comparison with published tables; see tinyrs_jax/evaluation/rules.py.\n")

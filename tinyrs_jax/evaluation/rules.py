@@ -16,14 +16,15 @@
 
 `tinyrs` (the original work's evaluation, aybora/TinyRS rs_evaluation.py, a ScoreRS fork; quirks kept on
 purpose, so the numbers compare with published tables):
-  answer    inside `<answer>…</answer>`, else after the closing think tag (the original's `</reasoning>`; ours
-            `</think>`), else the whole output.
+  answer    the text after the think block (the original's `<reasoning>`; ours `<think>`; an unclosed block
+            leaves the whole output), then inside `<answer>` (to its close, or to the end when it never closes).
   text      every space removed from prediction and reference, the prediction cut at its first "." and then its
-            first ",", both lower-cased; correct when the prediction is a SUBSTRING of the reference. What that
-            inflates: an empty prediction is correct; a partial word is correct ("residential" for "dense
-            residential", "1" for "10", "n" for "no"); an answer followed by an explanation after a period
-            is correct. An unclosed think block is graded whole and usually fails.
-  mc        the same substring rule against the option letter.
+            first ",", both stripped and lower-cased; correct when the prediction is a SUBSTRING of the
+            reference. What that inflates: an empty prediction is correct; a partial word is correct
+            ("residential" for "dense residential", "1" for "10", "n" for "no"); an answer followed by an
+            explanation after a period is correct. An unclosed think block is graded whole and usually fails.
+  mc        LHRS-Bench's rule there: the prediction cut at its first ".", spaces and periods removed from both,
+            substring of the reference as the files write it ("C. 3" -> "c3"; so "3" is correct too).
   ground    the same box parsing and IoU, but outputs without a parseable box are dropped from numerator AND
             denominator (accuracy over parseable outputs only), which inflates a model that often fails to
             write a box.
@@ -79,25 +80,47 @@ def strict_answer(output: str, answer_tag: str, think_tags: Sequence[str]) -> st
 # ------------------------------------------------------------------------------------------------- tinyrs
 
 def tinyrs_span(output: Any, answer_tag: str, think_tags: Sequence[str]) -> str:
-  """The original's graded text: inside <answer>…</answer>, else after the closing think tag, else all."""
+  """The original's graded text, its steps in its order: when a think tag opens, the text after its first close
+  (the whole output when it never closes); then, when an answer tag opens, the text up to its close (to the end
+  when it never closes). The original knew one think tag, `reasoning`; ours are `think_tags`."""
   text = scoring.as_text(output)
-  inside = scoring.extract_tagged(text, answer_tag)
-  if inside is not None:
-    return inside
   for tag in think_tags:
-    close = f"</{scoring.check_tag(tag)}>"
-    if close in text:
-      return text.split(close)[-1]
+    opening, closing = f"<{scoring.check_tag(tag)}>", f"</{tag}>"
+    if opening in text:
+      after = text.split(opening)[1].split(closing)
+      text = after[1] if len(after) > 1 else text
+      break
+  opening = f"<{scoring.check_tag(answer_tag)}>"
+  if opening in text:
+    text = text.split(opening)[1].split(f"</{answer_tag}>")[0]
   return text
 
 
 def tinyrs_prediction(span: str) -> str:
-  """Spaces removed, cut at the first "." then the first ",", lower case (the original's steps, in order)."""
-  return span.replace(" ", "").split(".")[0].split(",")[0].lower()
+  """Spaces removed, cut at the first "." then the first ",", stripped, lower case (the original's steps)."""
+  return span.replace(" ", "").split(".")[0].split(",")[0].strip().lower()
 
 
 def tinyrs_correct(span: str, reference: str) -> bool:
-  return tinyrs_prediction(span) in reference.replace(" ", "").lower()
+  return tinyrs_prediction(span) in reference.replace(" ", "").strip().lower()
+
+
+def tinyrs_choice_correct(span: str, reference: str) -> bool:
+  """LHRS-Bench in the original: the prediction cut at its first "."; spaces and periods removed from both, lower
+  case; correct when the prediction is a substring of the reference as written (e.g. "C. 3" -> "c3")."""
+  clean = lambda t: t.replace(" ", "").replace(".", "").lower()
+  return clean(span.split(".")[0]) in clean(reference)
+
+
+def choice_reference(example: Mapping, letter: str) -> str:
+  """The multiple-choice reference as the original's files write it: the raw answer when the reader kept one,
+  else "<letter>. <option text>"."""
+  extra = example.get("extra") or {}
+  if isinstance(extra.get("raw_answer"), str) and extra["raw_answer"].strip():
+    return extra["raw_answer"]
+  choices = extra.get("choices") or []
+  i = ord(letter.upper()) - ord("A") if len(letter) == 1 else -1
+  return f"{letter}. {choices[i]}" if 0 <= i < len(choices) else letter
 
 
 # --------------------------------------------------------------------------------------------- one example
@@ -113,13 +136,14 @@ def score(output: Any, example: Mapping, *, answer_tag: str = scoring.ANSWER_TAG
   example (captions; tinyrs grounding without a parseable box)."""
   task = example.get("task")
   output = scoring.as_text(output)
-  row: dict[str, Any] = {"answer_strict": strict_answer(output, answer_tag, think_tags),
+  row: dict[str, Any] = {"answer_text": scoring.answer_span(output, answer_tag, think_tags).strip(),
+                         "answer_strict": strict_answer(output, answer_tag, think_tags),
                          "answer_tinyrs": tinyrs_prediction(tinyrs_span(output, answer_tag, think_tags))}
   if task == scoring.GROUND_TASK:
     truth = scoring.true_box(example, box_format)
     w, h = example.get("width"), example.get("height")
     pred = scoring.parse_box(scoring.answer_span(output, answer_tag, think_tags), w, h, box_format)
-    pred_tinyrs = scoring.parse_box(tinyrs_span(output, answer_tag, think_tags), w, h, box_format)
+    pred_tinyrs = scoring.parse_box(tinyrs_span(output.strip(), answer_tag, think_tags), w, h, box_format)
     iou = scoring.box_iou(pred, truth) if pred is not None and truth is not None else 0.0
     iou_tinyrs = (scoring.box_iou(pred_tinyrs, truth) if truth is not None else 0.0) \
         if pred_tinyrs is not None else None
@@ -135,10 +159,11 @@ def score(output: Any, example: Mapping, *, answer_tag: str = scoring.ANSWER_TAG
   if task == "mc":
     choices = (example.get("extra") or {}).get("choices") or ()
     letter = parse_choice(scoring.answer_span(output, answer_tag, think_tags), choices)
-    row.update(answer_strict=letter or "", correct_strict=letter is not None and letter == ref.strip().upper())
-  else:
-    row["correct_strict"] = scoring.score_accuracy(output, example, answer_tag=answer_tag, think_tags=think_tags,
-                                                   box_format=box_format) == 1.0
+    row.update(answer_strict=letter or "", correct_strict=letter is not None and letter == ref.strip().upper(),
+               correct_tinyrs=tinyrs_choice_correct(span, choice_reference(example, ref.strip())))
+    return row
+  row["correct_strict"] = scoring.score_accuracy(output, example, answer_tag=answer_tag, think_tags=think_tags,
+                                                 box_format=box_format) == 1.0
   row["correct_tinyrs"] = tinyrs_correct(span, ref)
   return row
 

@@ -23,8 +23,9 @@ dropped; a run killed by a signal (SIGKILL, an out-of-memory kill) stops the swe
 The comparison (from each run's metrics.jsonl alone, so it can be recomputed): WORKDIR/results.json and
 results.md, per variant the mean ± std (sample std, over seeds) of the last held-out evaluation's rewards
 (each component), its strict accuracy per task and grounding mean IoU, the final KL, the mean completion length
-and truncated share over the run, and the training time (sum of step times); and WORKDIR/curves.png, training
-reward and held-out accuracy by step, one colour per variant, seeds thin, their mean bold.
+and truncated share over the run, the step time (sum of step times) and, for local runs, the wall time this tool
+measured (status.json; everything else comes from metrics.jsonl); and WORKDIR/curves.png, training reward and
+held-out strict accuracy by step, one colour per variant, seeds thin, their mean bold.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -51,6 +53,8 @@ _LAUNCH = flags.DEFINE_enum("launch", "local", ["local", "print", "report", "slu
 _TPU = flags.DEFINE_string("tpu_name", "", "--launch=tpu_pod: the TPU VM pod slice")
 _ZONE = flags.DEFINE_string("zone", "", "--launch=tpu_pod: its zone")
 _PYTHON = flags.DEFINE_string("python", sys.executable, "the interpreter local runs use")
+_RESUBMIT = flags.DEFINE_bool("resubmit", False, "--launch=slurm: submit again runs already submitted and not "
+                              "finished (after their jobs failed)")
 
 RUN_FILE, STATUS = "ablation.json", "status.json"
 NOT_IDENTITY = re.compile(r"^(debug_|log_every|checkpoint\.)")  # overrides that do not change what a run computes
@@ -172,8 +176,14 @@ def run_local(run: dict, status: dict) -> str:
   print(f"[ablate] {run['variant']} seed {run['seed']}: python -m tinyrs_jax.main {shlex.join(run['args'])}",
         flush=True)
   with open(log_path, "a", encoding="utf-8") as log:
-    rc = subprocess.call([_PYTHON.value, "-m", "tinyrs_jax.main", *run["args"]], stdout=log,
-                         stderr=subprocess.STDOUT)
+    child = subprocess.Popen([_PYTHON.value, "-m", "tinyrs_jax.main", *run["args"]], stdout=log,
+                             stderr=subprocess.STDOUT)
+    # a SIGTERM to the sweep goes to the run (which checkpoints and exits 143), never leaving it orphaned
+    previous = signal.signal(signal.SIGTERM, lambda *_: child.send_signal(signal.SIGTERM))
+    try:
+      rc = child.wait()
+    finally:
+      signal.signal(signal.SIGTERM, previous)
   entry = status.setdefault(run["variant"], {}).setdefault(run["seed"], {})
   entry["seconds"] = round(entry.get("seconds", 0.0) + time.time() - t0, 1)
   if rc == 0 and _finished(wd):
@@ -189,7 +199,8 @@ def run_local(run: dict, status: dict) -> str:
 def launcher_command(run: dict, launch: str, config_arg: str) -> list[str]:
   rest = run["args"][2:]  # the launchers take CONFIG WORKDIR first
   if launch == "slurm":
-    return ["sbatch", f"--job-name=ablate-{run['variant']}-s{run['seed']}", "launch/slurm_gpu.sbatch", config_arg,
+    return ["sbatch", f"--job-name=ablate-{run['variant']}-s{run['seed']}",
+            f"--output={os.path.join(run['workdir'], 'slurm-%j.out')}", "launch/slurm_gpu.sbatch", config_arg,
             run["workdir"], *rest]
   if launch == "tpu_pod":
     if not (_TPU.value and _ZONE.value):
@@ -247,6 +258,8 @@ def compare(runs: list[dict], status: dict) -> dict:
         entry["failed"][r["seed"]] = "not finished"
         continue
       entry["seeds"][r["seed"]] = run_summary(read_metrics(r["workdir"]))
+      if st.get("seconds"):  # measured by this tool around local runs (not in metrics.jsonl)
+        entry["seeds"][r["seed"]]["wall_time_s"] = float(st["seconds"])
     keys = sorted({k for s in entry["seeds"].values() for k in s})
     for k in keys:
       vals = [s[k] for s in entry["seeds"].values() if k in s]
@@ -260,7 +273,7 @@ TABLE_COLUMNS = (("eval/reward", "held-out reward"), ("eval/rewards/accuracy", "
                  ("eval/rewards/format", "format reward"), ("eval/strict/accuracy", "strict accuracy"),
                  ("eval/strict/ground/miou", "ground mIoU"), ("final_kl", "final KL"),
                  ("mean_completion_length", "mean length"), ("truncated_share", "truncated"),
-                 ("train_time_s", "train time (s)"))
+                 ("train_time_s", "step time (s)"), ("wall_time_s", "wall time (s)"))
 
 
 def markdown(results: dict, seeds: list[str]) -> str:
@@ -291,8 +304,11 @@ def plot(runs: list[dict], results: dict, path: str) -> None:
   import matplotlib.pyplot as plt
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
   colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  strict = any("eval/strict/accuracy" in row for r in runs for row in read_metrics(r["workdir"])[:50])
+  held = "eval/strict/accuracy" if strict else "eval/rewards/accuracy"
   panels = (("reward", "training reward", lambda r: "reward" in r),
-            ("eval/rewards/accuracy", "held-out accuracy reward (greedy)", lambda r: "eval/rewards/accuracy" in r))
+            (held, "held-out accuracy (greedy, strict)" if strict else "held-out accuracy reward (greedy)",
+             lambda r: held in r))
   for i, variant in enumerate(results):
     colour = colours[i % len(colours)]
     for ax, (key, title, keep) in zip(axes, panels):
@@ -358,15 +374,44 @@ def main(argv):
               + "\n".join(lines) + "\n")
     print("\n".join(lines))
     return
-  if launch in ("slurm", "tpu_pod"):
+  if launch == "slurm":
+    for r in runs:
+      entry = status.setdefault(r["variant"], {}).setdefault(r["seed"], {})
+      if _finished(r["workdir"]) or (entry.get("state") == "submitted" and not _RESUBMIT.value):
+        continue  # a submitted job requeues itself after a preemption; --resubmit after it failed
+      cmd = launcher_command(r, launch, _CONFIG.value)
+      print("[ablate]", shlex.join(cmd), flush=True)
+      out = subprocess.run(cmd, capture_output=True, text=True)
+      if out.returncode:
+        entry.update(state="failed", error=f"sbatch: {out.stderr.strip()[:500]}")
+      else:
+        entry.update(state="submitted", job=out.stdout.strip().split()[-1] if out.stdout.strip() else "", error=None)
+      save_status()
+    print("[ablate] submitted; when the jobs are done: the same command with --launch=report", flush=True)
+    return
+  if launch == "tpu_pod":  # one pod slice: the runs one after another, each on every host
     for r in runs:
       if _finished(r["workdir"]):
         continue
       cmd = launcher_command(r, launch, _CONFIG.value)
       print("[ablate]", shlex.join(cmd), flush=True)
-      subprocess.check_call(cmd)
-    print(f"[ablate] submitted; when the jobs are done: the same command with --launch=report", flush=True)
-    return
+      rc = subprocess.call(cmd)
+      entry = status.setdefault(r["variant"], {}).setdefault(r["seed"], {})
+      if rc == 0 and _finished(r["workdir"]):
+        entry.update(state="done", error=None)
+      else:
+        entry.update(state="failed" if rc not in (143, -15) else "interrupted",
+                     error=f"launch/tpu_pod.sh exited {rc}; the hosts' logs are /tmp/tinyrs_<host>.log")
+      save_status()
+  if launch == "report":  # runs launched elsewhere: a failed one's error from its SLURM output
+    for r in runs:
+      entry = status.get(r["variant"], {}).get(r["seed"], {})
+      outs = sorted(f for f in os.listdir(r["workdir"]) if f.startswith("slurm-") and f.endswith(".out")) \
+          if os.path.isdir(r["workdir"]) else []
+      if not _finished(r["workdir"]) and outs:
+        entry.update(state="failed", error=_error_of(os.path.join(r["workdir"], outs[-1])))
+        status.setdefault(r["variant"], {})[r["seed"]] = entry
+    save_status()
   if launch == "local":
     for r in runs:
       outcome = run_local(r, status)
