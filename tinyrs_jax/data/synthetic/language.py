@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tinyrs_jax.data.records import IMAGE_PLACEHOLDER
 from tinyrs_jax.data.synthetic.scene import OBJECT_KINDS, SCENE_CLASSES, SCENE_OBJECTS, Scene, SceneObject
 
 PLURALS = {"building": "buildings", "storage tank": "storage tanks", "ship": "ships", "plane": "planes",
@@ -125,7 +126,7 @@ def task_example(scene: Scene, task: str, rng: np.random.Generator):
   from tinyrs_jax.data.readers import classification_prompt
   c = scene.scene_class
   if task == "classify":
-    q = classification_prompt(SCENE_CLASSES).replace("<image>", "", 1)
+    q = classification_prompt(SCENE_CLASSES).replace(IMAGE_PLACEHOLDER, "", 1)
     seen = [_count_phrase(scene.count(k), k) for k in OBJECT_KINDS if scene.count(k)]
     extra = f" I can also see {_listing(seen)}." if seen else ""
     why = f"The image shows {CLASS_LOOKS[c]}.{extra} These features are typical of {c}."

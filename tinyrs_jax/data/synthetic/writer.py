@@ -7,6 +7,7 @@ import os
 
 from PIL import Image
 
+from tinyrs_jax.data.records import IMAGE_PLACEHOLDER
 from tinyrs_jax.data.synthetic.language import CAPTION_PROMPTS, THINK_INSTRUCTION, _boxes, caption, task_example
 from tinyrs_jax.data.synthetic.scene import IMAGE_SIZES, OBJECT_KINDS, SCENE_CLASSES, Scene, _rng, make_scene, render
 
@@ -28,7 +29,7 @@ def scene_records(scene: Scene, seed: int, stage: str, image_rel: str, split: st
             "height": scene.height}
     if task == "caption":
       prompt = CAPTION_PROMPTS[int(rng.integers(len(CAPTION_PROMPTS)))]
-      out.append({**base, "conversations": [{"from": "human", "value": "<image>\n" + prompt},
+      out.append({**base, "conversations": [{"from": "human", "value": IMAGE_PLACEHOLDER + "\n" + prompt},
                                             {"from": "gpt", "value": caption(scene, rng)}],
                   "task": task, "answer": None, "boxes": _boxes(scene.objects), "scene_class": scene.scene_class})
       continue
@@ -37,12 +38,12 @@ def scene_records(scene: Scene, seed: int, stage: str, image_rel: str, split: st
       continue
     question, answer, why, boxes = example
     if stage == "instruct":
-      turns = [{"from": "human", "value": "<image>\n" + question}, {"from": "gpt", "value": answer}]
+      turns = [{"from": "human", "value": IMAGE_PLACEHOLDER + "\n" + question}, {"from": "gpt", "value": answer}]
     elif stage == "cot":
-      turns = [{"from": "human", "value": f"<image>\n{question} {THINK_INSTRUCTION}"},
+      turns = [{"from": "human", "value": f"{IMAGE_PLACEHOLDER}\n{question} {THINK_INSTRUCTION}"},
                {"from": "gpt", "value": f"<think>{why}</think><answer>{answer}</answer>"}]
     else:  # grpo: the policy writes the answer; the reward checks it against `answer` / `boxes`
-      turns = [{"from": "human", "value": f"<image>\n{question} {THINK_INSTRUCTION}"}]
+      turns = [{"from": "human", "value": f"{IMAGE_PLACEHOLDER}\n{question} {THINK_INSTRUCTION}"}]
     record = {**base, "conversations": turns, "task": task, "answer": answer}
     if boxes is not None:
       record["boxes"] = boxes
