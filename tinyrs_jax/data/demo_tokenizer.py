@@ -135,7 +135,7 @@ def main(argv):
 
 if __name__ == "__main__":
   from absl import app, flags
-  flags.DEFINE_string("data_dir", None, "synthetic dataset folder (synthetic.py output)", required=True)
+  flags.DEFINE_string("data_dir", None, "synthetic dataset folder (tinyrs_jax.data.synthetic output)", required=True)
   flags.DEFINE_string("out_dir", None, "tokenizer folder (default DATA_DIR/tokenizer)")
   flags.DEFINE_integer("vocab_size", DEMO_VOCAB_SIZE, "upper bound on the size including added tokens")
   app.run(main)
