@@ -388,7 +388,7 @@ def test_tfds_encoded_images_read_header_then_decode(monkeypatch):
   header, the pixels from one decode when the pipeline loads the image."""
   tfds = pytest.importorskip("tensorflow_datasets")
   examples = [{"image": _png_bytes(20 + i, 10, 40 * i), "label": i, "filename": f"{i}.tif"} for i in range(3)]
-  monkeypatch.setattr(readers, "_open_tfds_source", lambda *a, **kw: examples)
+  monkeypatch.setattr(readers.classification, "_open_tfds_source", lambda *a, **kw: examples)
   decode = _Counter(images_lib._decode_bytes)
   monkeypatch.setattr(images_lib, "_decode_bytes", decode)
   with tfds.testing.mock_data(num_examples=3, policy=tfds.testing.MockPolicy.USE_CODE):

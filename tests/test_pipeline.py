@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from tinyrs_jax.data import demo_tokenizer, pipeline, synthetic
+from tinyrs_jax.data.padding import pad_token_rows
 from tinyrs_jax.data.processor import Processor
 from tinyrs_jax.data.readers import load_records
 from tinyrs_jax.data.records import DataError, Record, SkipCounter
@@ -353,3 +354,17 @@ def test_prompt_batches_feed_generate(assets):
   out = gen_lib.generate(model, arrays, max_new_tokens=2, length_buckets=it.length_buckets)
   assert out.tokens.shape == (4, 2) and out.prompt_length == arrays["input_ids"].shape[1]
   assert jax.numpy.isfinite(out.logprobs).all()
+
+
+def test_pad_token_rows_places_prompts_flush_right_and_sequences_flush_left():
+  """The one padding rule the processor, the pipeline and the sampler share."""
+  rows = [np.array([5, 6, 7]), np.array([8])]
+  ids, mask = pad_token_rows(rows, 4, 0, side="left")
+  assert ids.tolist() == [[0, 5, 6, 7], [0, 0, 0, 8]] and mask.tolist() == [[0, 1, 1, 1], [0, 0, 0, 1]]
+  ids, mask = pad_token_rows(rows, 4, 9, side="right")
+  assert ids.tolist() == [[5, 6, 7, 9], [8, 9, 9, 9]] and mask.tolist() == [[1, 1, 1, 0], [1, 0, 0, 0]]
+  assert ids.dtype == mask.dtype == np.int32
+  with pytest.raises(ValueError, match="more than the padded length"):
+    pad_token_rows(rows, 2, 0)
+  with pytest.raises(ValueError, match="side"):
+    pad_token_rows(rows, 4, 0, side="middle")

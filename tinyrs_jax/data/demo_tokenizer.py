@@ -30,6 +30,7 @@ import tokenizers
 from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, trainers
 
 from tinyrs_jax.data import synthetic
+from tinyrs_jax.data.records import IMAGE_PLACEHOLDER
 
 DEMO_VOCAB_SIZE = 4096
 REASONING_TOKENS = ("<think>", "</think>", "<answer>", "</answer>")
@@ -45,7 +46,8 @@ def _special_tokens() -> tuple[str, ...]:
 
 def corpus(data_dir: str) -> Iterator[str]:
   """Every turn of every train record, stages in order, with special and placeholder strings removed."""
-  strip = re.compile("|".join(re.escape(t) for t in (*_special_tokens(), *REASONING_TOKENS, "<image>\n", "<image>")))
+  strip = re.compile("|".join(re.escape(t) for t in (*_special_tokens(), *REASONING_TOKENS,
+                                                      IMAGE_PLACEHOLDER + "\n", IMAGE_PLACEHOLDER)))
   yield from TEMPLATE_TEXT
   for stage in synthetic.STAGES:
     path = os.path.join(data_dir, stage, "train.jsonl")
@@ -133,7 +135,7 @@ def main(argv):
 
 if __name__ == "__main__":
   from absl import app, flags
-  flags.DEFINE_string("data_dir", None, "synthetic dataset folder (synthetic.py output)", required=True)
+  flags.DEFINE_string("data_dir", None, "synthetic dataset folder (tinyrs_jax.data.synthetic output)", required=True)
   flags.DEFINE_string("out_dir", None, "tokenizer folder (default DATA_DIR/tokenizer)")
   flags.DEFINE_integer("vocab_size", DEMO_VOCAB_SIZE, "upper bound on the size including added tokens")
   app.run(main)

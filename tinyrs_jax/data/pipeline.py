@@ -61,6 +61,7 @@ import numpy as np
 from tinyrs_jax.data import images as images_lib
 from tinyrs_jax.data import readers
 from tinyrs_jax.data.image_processor import grid_thw_for_size, num_image_tokens
+from tinyrs_jax.data.padding import pad_token_rows
 from tinyrs_jax.data.processor import Processor, SequenceTooLong
 from tinyrs_jax.data.records import IMAGE_PLACEHOLDER, DataError, Record, SkipCounter, check_box, validate_record
 from tinyrs_jax.models import batch as batch_lib
@@ -359,9 +360,7 @@ class _Pipeline:
 
     b, m = self.local_rows, self.max_images_per_row
     pad_id = self.tokenizer.pad_id
-    input_ids = np.full((b, length), pad_id, np.int32)
-    attention_mask = np.zeros((b, length), np.int32)
-    loss_mask = np.zeros((b, length), np.int32)
+    token_rows, loss_rows = [], []
     pixel_values = np.zeros((b * m, patches, self.processor.image_cfg.patch_dim), self.pixel_dtype)
     image_grid_thw = np.zeros((b * m, 3), np.int32)
     meta = []
@@ -370,12 +369,8 @@ class _Pipeline:
       if enc is None:  # padding row: one real token so no row is fully masked
         enc = {"ids": np.asarray([pad_id], np.int32), "loss_mask": None, "pixel_values": None,
                "grid": np.zeros((0, 3), np.int32)}
-      n = len(enc["ids"])
-      cols = slice(length - n, length) if self.mode == "prompt" else slice(0, n)
-      input_ids[r, cols] = enc["ids"]
-      attention_mask[r, cols] = 1
-      if enc["loss_mask"] is not None:
-        loss_mask[r, cols] = enc["loss_mask"]
+      token_rows.append(enc["ids"])
+      loss_rows.append(enc["loss_mask"] if enc["loss_mask"] is not None else np.zeros(len(enc["ids"]), np.int32))
       if len(enc["grid"]):
         slots, grids = batch_lib.pad_images(enc["pixel_values"], enc["grid"], num_slots=m, num_patches=patches,
                                             patch_dim=self.processor.image_cfg.patch_dim, dtype=self.pixel_dtype)
@@ -383,10 +378,12 @@ class _Pipeline:
         image_grid_thw[r * m:(r + 1) * m] = grids
       if self.with_meta:
         meta.append(_meta(plan))
+    side = "left" if self.mode == "prompt" else "right"  # prompts end at the last column; sequences start at 0
+    input_ids, attention_mask = pad_token_rows(token_rows, length, pad_id, side=side)
     batch = {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values,
              "image_grid_thw": image_grid_thw}
     if self.mode == "sft":
-      batch["loss_mask"] = loss_mask
+      batch["loss_mask"] = pad_token_rows(loss_rows, length, 0, side=side)[0]
     if self.with_meta:
       batch["meta"] = meta
     batch["_skipped"] = skipped  # travels with the batch (worker processes have no shared counter)

@@ -20,6 +20,7 @@ from PIL import Image
 
 from tinyrs_jax.data.image_processor import (ImageProcessorConfig, grid_thw_for_size, image_size, num_image_tokens,
                                              preprocess_images)
+from tinyrs_jax.data.padding import pad_token_rows
 from tinyrs_jax.data.tokenizer import Tokenizer
 
 
@@ -111,13 +112,8 @@ class Processor:
       rows[i] = r[self._expand(r, grids[start:start + counts[i]])]
       start += counts[i]
 
-    length = max(len(r) for r in rows)
-    input_ids = np.full((len(rows), length), self.tokenizer.pad_id, np.int32)
-    attention_mask = np.zeros((len(rows), length), np.int32)
-    for i, r in enumerate(rows):
-      cols = slice(length - len(r), length) if padding_side == "left" else slice(0, len(r))
-      input_ids[i, cols] = r
-      attention_mask[i, cols] = 1
+    input_ids, attention_mask = pad_token_rows(rows, max(len(r) for r in rows), self.tokenizer.pad_id,
+                                               side=padding_side)
     result = {"input_ids": input_ids, "attention_mask": attention_mask, **result}
     if return_mm_token_type_ids:
       result["mm_token_type_ids"] = self._mm_types(input_ids)

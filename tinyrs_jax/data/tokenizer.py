@@ -37,8 +37,10 @@ QWEN2_VL_SPECIAL_TOKENS = (
 QWEN2_NUM_REGULAR_TOKENS = 151643
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
-IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
-VIDEO_PLACEHOLDER = "<|vision_start|><|video_pad|><|vision_end|>"
+# What the chat template writes for one image (video) content part. Not a placeholder: a record's placeholder is
+# records.IMAGE_PLACEHOLDER ("<image>"), which the pipeline turns into an image content part, i.e. into this.
+IMAGE_SPAN = "<|vision_start|><|image_pad|><|vision_end|>"
+VIDEO_SPAN = "<|vision_start|><|video_pad|><|vision_end|>"
 
 # Our own template for the Qwen2-VL Instruct format. Every emitted newline is an explicit '\n' and every tag
 # strips the template's own layout whitespace, so the output doesn't depend on trim_blocks/lstrip_blocks.

@@ -23,6 +23,7 @@ import numpy as np
 from flax import nnx
 
 from tinyrs_jax import sharding
+from tinyrs_jax.data.padding import pad_token_rows
 from tinyrs_jax.models import batch as batch_lib
 from tinyrs_jax.models.decoder import KVCache
 
@@ -185,14 +186,10 @@ def left_pad_prompts(batch: dict, *, pad_token_id: int, patch_dim: int,
   if ids.ndim == 1:
     ids = ids[None]
   mask = np.asarray(batch.get("attention_mask", np.ones_like(ids))).reshape(ids.shape)
-  b, length = ids.shape
-  padded = batch_lib.round_up_to_bucket(length, length_buckets)
-  out_ids = np.full((b, padded), pad_token_id, np.int32)
-  out_mask = np.zeros((b, padded), np.int32)
-  for r in range(b):  # move each row's real tokens flush right (handles right-padded input too)
-    real = ids[r][mask[r].astype(bool)]
-    out_ids[r, padded - len(real):] = real
-    out_mask[r, padded - len(real):] = 1
+  padded = batch_lib.round_up_to_bucket(ids.shape[1], length_buckets)
+  # Each row's real tokens, flush right (right-padded input is handled too).
+  out_ids, out_mask = pad_token_rows([row[m.astype(bool)] for row, m in zip(ids, mask)], padded, pad_token_id,
+                                     side="left")
   pv, thw = batch.get("pixel_values"), batch.get("image_grid_thw")
   if pv is not None and np.asarray(pv).ndim == 3:  # already in static slot form
     slots, grids = np.asarray(pv), np.asarray(thw, np.int32)
