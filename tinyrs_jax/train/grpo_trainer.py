@@ -211,9 +211,9 @@ def load_reference(config, source: runner.ModelSource, workdir: str, model: stat
                    compute_dtype) -> dict:
   """The frozen reference: the run's initial parameters (also when resuming), held once in the compute dtype,
   sharded like the policy."""
-  from tinyrs_jax.checkpoint import orbax_io
+  from tinyrs_jax.checkpoint import sidecar
   if source.init == "resume":
-    marker = orbax_io.read_marker(workdir)
+    marker = sidecar.read_marker(workdir)
     init, path = marker.get("init", "random"), marker.get("init_path")
     source = runner.ModelSource(source.cfg, source.tokenizer_dir, init, path)
   params = runner.load_frozen_params(config, source, model, shardings.params, compute_dtype)

@@ -17,7 +17,7 @@ from absl import logging
 from flax import nnx
 
 from tinyrs_jax import sharding as sharding_lib
-from tinyrs_jax.checkpoint import orbax_io
+from tinyrs_jax.checkpoint import hf, orbax_io, sidecar
 from tinyrs_jax.models import presets
 from tinyrs_jax.train import state as state_lib
 
@@ -69,22 +69,21 @@ def check_special_ids(cfg: presets.Qwen2VLConfig, tokenizer_dir: str | None, whe
 def resolve_model(config, workdir: str, tokenizer_dir: str | None = None) -> ModelSource:
   """The model config and tokenizer folder: from this workdir when resuming, else from init.workdir's marker,
   init.hf_dir's config.json, or the preset (with the tokenizer's special ids)."""
-  from tinyrs_jax.checkpoint import hf
   init = config.init
   if orbax_io.latest_step(workdir) is not None:
-    marker = orbax_io.read_marker(workdir)
-    cfg = presets.from_hf_dict(marker["config"], source=os.path.join(workdir, orbax_io.MARKER))
-    return ModelSource(cfg, orbax_io.tokenizer_path(workdir, marker) or tokenizer_dir, "resume", workdir)
+    marker = sidecar.read_marker(workdir)
+    cfg = sidecar.marker_config(workdir, marker)
+    return ModelSource(cfg, sidecar.tokenizer_path(workdir, marker) or tokenizer_dir, "resume", workdir)
   if init.get("workdir"):
     src = init.workdir
-    if not orbax_io.is_our_checkpoint(src):
-      raise FileNotFoundError(f"init.workdir={src!r} is not a tinyrs_jax workdir (no {orbax_io.MARKER})")
-    src_workdir = orbax_io._find(src)[0]
-    marker = orbax_io.read_marker(src_workdir)
-    where = os.path.join(src_workdir, orbax_io.MARKER)
-    cfg = presets.from_hf_dict(marker["config"], source=where)
-    tok = tokenizer_dir or orbax_io.tokenizer_path(src_workdir, marker)
-    check_special_ids(cfg, tok, where)
+    found = sidecar.find_checkpoint(src)
+    if found is None:
+      raise FileNotFoundError(f"init.workdir={src!r} is not a tinyrs_jax workdir (no {sidecar.MARKER})")
+    src_workdir = found[0]
+    marker = sidecar.read_marker(src_workdir)
+    cfg = sidecar.marker_config(src_workdir, marker)
+    tok = tokenizer_dir or sidecar.tokenizer_path(src_workdir, marker)
+    check_special_ids(cfg, tok, os.path.join(src_workdir, sidecar.MARKER))
     return ModelSource(cfg, tok, "workdir", src)
   if init.get("hf_dir"):
     cfg = hf.read_config(init.hf_dir)
@@ -116,8 +115,8 @@ def write_marker(config, workdir: str, source: ModelSource) -> None:
   if source.tokenizer_dir:
     from tinyrs_jax.train import input as input_lib
     image_cfg = input_lib.image_config(config, source.tokenizer_dir)
-    tok = orbax_io.save_tokenizer(workdir, source.tokenizer_dir, image_cfg)
-  orbax_io.write_marker(workdir, source.cfg, tok,
+    tok = sidecar.save_tokenizer(workdir, source.tokenizer_dir, image_cfg)
+  sidecar.write_marker(workdir, source.cfg, tok,
                         extra={"stage": config.get("stage", ""), "init": source.init, "init_path": source.init_path})
 
 
@@ -157,11 +156,10 @@ def load_init_params(source: ModelSource, model: state_lib.Model, shardings: sta
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           model.abstract_params, shardings.params)
   if source.init == "workdir":
-    workdir, step = orbax_io._find(source.init_path)
+    workdir, step = sidecar.find_checkpoint(source.init_path)
     step = step if step is not None else (None if init_step is None or init_step < 0 else int(init_step))
     return orbax_io.restore_params_pure(workdir, step, abstract)
   if source.init == "hf":
-    from tinyrs_jax.checkpoint import hf
     from tinyrs_jax.models.qwen2_vl import Qwen2VL
     abstract_module = nnx.eval_shape(lambda: Qwen2VL(source.cfg, rngs=nnx.Rngs(0), **model.kwargs))
     # NumPy on the host, each array then cut straight into its shards: the whole unsharded model never sits on
