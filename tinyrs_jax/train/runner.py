@@ -210,6 +210,7 @@ class Checkpointer:
 
   def __init__(self, workdir: str, *, every_steps: int, keep: int, async_save: bool = True):
     self.every_steps = max(int(every_steps), 0)
+    self.async_save = bool(async_save)  # kept here: CheckpointManager has no public accessor for its options
     self.mngr = orbax_io.checkpoint_manager(workdir, max_to_keep=keep if keep > 0 else None,
                                             save_interval_steps=1, async_save=async_save)
     self.directory = str(self.mngr.directory)
@@ -226,7 +227,7 @@ class Checkpointer:
     if saved:
       self.last_saved = step
       logging.info("checkpoint step %d -> %s%s", step, self.directory,
-                   " (async)" if self.mngr._options.enable_async_checkpointing else "")
+                   " (async)" if self.async_save else "")
     return saved
 
   def restore(self, abstract_state):
@@ -243,9 +244,11 @@ class Checkpointer:
 # ------------------------------------------------------------------------------------------ preemption
 
 def _jax_preemption_service() -> bool:
-  """Whether jax.distributed started its preemption sync service (it catches SIGTERM itself, in C++)."""
-  from jax._src import distributed
-  return distributed.global_state.preemption_sync_manager is not None
+  """Whether jax.distributed started its preemption sync service (it catches SIGTERM itself, in C++).
+
+  Public APIs only: jax.distributed.initialize starts the service exactly when jax_enable_preemption_service is
+  on (the default), and there is no public accessor for the service itself."""
+  return jax.distributed.is_initialized() and bool(jax.config.jax_enable_preemption_service)
 
 
 class Preemption:
