@@ -163,6 +163,16 @@ def test_special_ids_must_match_the_tokenizer(tok_dir, tmp_path):
     runner.resolve_model(init_config(workdir=src), str(tmp_path / "wd2"), tok_dir)
 
 
+def test_ids_taken_from_a_tokenizer_pass_the_check(tok_dir):
+  """with_tokenizer and check_tokenizer_ids read one table: what the first sets, the second accepts."""
+  from tinyrs_jax.data.tokenizer import Tokenizer
+  tok = Tokenizer.from_folder(tok_dir)
+  cfg = presets.with_tokenizer(get_preset("demo_8m"), tok)
+  presets.check_tokenizer_ids(cfg, tok, "here")
+  with pytest.raises(ValueError, match=r"eos_token_id is 5 in here"):
+    presets.check_tokenizer_ids(cfg.replace(eos_token_id=5), tok, "here")
+
+
 # -------------------------------------------------------------------------------------------- HF init
 
 def test_hf_init_goes_straight_into_shardings(tmp_path, monkeypatch):

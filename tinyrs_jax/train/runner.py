@@ -46,24 +46,11 @@ def _has_tokenizer(path: str | None) -> bool:
 
 
 def check_special_ids(cfg: presets.Qwen2VLConfig, tokenizer_dir: str | None, where: str) -> None:
-  """The model's special token ids must be the tokenizer's: the data marks images with the tokenizer's ids, the
-  model looks for its own (a mismatch trains on garbage without any error)."""
+  """presets.check_tokenizer_ids against the tokenizer in `tokenizer_dir` (nothing to check without one)."""
   if not _has_tokenizer(tokenizer_dir):
     return
   from tinyrs_jax.data.tokenizer import Tokenizer
-  tok = Tokenizer.from_folder(tokenizer_dir)
-  pairs = [("image_token_id", cfg.image_token_id, "<|image_pad|>", tok.image_pad_id),
-           ("vision_start_token_id", cfg.vision_start_token_id, "<|vision_start|>", tok.vision_start_id),
-           ("vision_end_token_id", cfg.vision_end_token_id, "<|vision_end|>", tok.vision_end_id)]
-  if cfg.pad_token_id is not None:
-    pairs.append(("pad_token_id", cfg.pad_token_id, f"pad {tok.pad_token!r}", tok.pad_id))
-  bad = [f"{name} is {ours} in {where} but the tokenizer's {token} is {theirs}"
-         for name, ours, token, theirs in pairs if ours != theirs]
-  if cfg.eos_token_id is not None and cfg.eos_token_id not in tok.eos_ids:  # generation_config may add eos ids
-    bad.append(f"eos_token_id is {cfg.eos_token_id} in {where} but the tokenizer's eos ids are {tok.eos_ids}")
-  if bad:
-    raise ValueError(f"model and tokenizer ({tokenizer_dir}) disagree on special tokens: " + "; ".join(bad)
-                     + ". Use the tokenizer the model was trained with (data.tokenizer_dir)")
+  presets.check_tokenizer_ids(cfg, Tokenizer.from_folder(tokenizer_dir), where, tokenizer_dir)
 
 
 def resolve_model(config, workdir: str, tokenizer_dir: str | None = None) -> ModelSource:
