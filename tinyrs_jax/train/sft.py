@@ -19,7 +19,6 @@ from tinyrs_jax.train import input as input_lib
 from tinyrs_jax.train import loop
 from tinyrs_jax.train import losses as losses_lib
 from tinyrs_jax.train import metrics as metrics_lib
-from tinyrs_jax.train import optimizer as optim_lib
 from tinyrs_jax.train import runner
 from tinyrs_jax.train import state as state_lib
 
@@ -95,7 +94,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       r.update(answers(state.params, step))
     return r
 
-  trainable = optim_lib.trainable_groups(model.abstract_params, opt.mask)
+  trainable = opt.trainable
   peak = metrics_lib.peak_flops_per_device(config.get("peak_tflops", 0.0)) * jax.device_count()
 
   def train_step(state, step):
