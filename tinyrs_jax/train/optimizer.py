@@ -38,9 +38,14 @@ def _key_str(k) -> str:
   return str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
 
 
+def path_names(key_path) -> tuple[str, ...]:
+  """A jax key path (dict keys, attribute names, indices) as a tuple of strings, as param_group reads it."""
+  return tuple(_key_str(k) for k in key_path)
+
+
 def map_with_path(fn: Callable[[tuple[str, ...], Any], Any], tree):
   """jax.tree.map with the leaf's path as a tuple of strings (pure-dict parameter trees)."""
-  return jax.tree_util.tree_map_with_path(lambda p, x: fn(tuple(_key_str(k) for k in p), x), tree)
+  return jax.tree_util.tree_map_with_path(lambda p, x: fn(path_names(p), x), tree)
 
 
 def group_labels(params) -> Any:

@@ -106,7 +106,7 @@ def state_shardings(model: Model, opt: optim_lib.Optimizer, mesh) -> TrainState:
 
 
 def _path(p) -> tuple[str, ...]:
-  return tuple(optim_lib._key_str(k) for k in p)
+  return optim_lib.path_names(p)
 
 
 def abstract_state(model: Model, opt: optim_lib.Optimizer, shardings: TrainState | None = None) -> TrainState:
