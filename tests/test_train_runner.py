@@ -112,6 +112,30 @@ def test_tokenizer_and_pixel_limits_move_with_the_workdir(tok_dir, tmp_path):
   assert ImageProcessorConfig.from_folder(out) == image_cfg
 
 
+def test_checkpoint_formats_do_not_import_each_other():
+  """hf (HF folders) and orbax_io (our workdirs) share only sidecar; `load` (checkpoint/load.py) sits above both.
+  Any import of the other, even inside a function, would bring the cycle back."""
+  import ast
+  for mine, other in (("hf", "orbax_io"), ("orbax_io", "hf")):
+    tree = ast.parse(open(os.path.join(ROOT, "tinyrs_jax", "checkpoint", f"{mine}.py")).read())
+    names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    names += [f"{n.module}.{a.name}" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names]
+    assert not [x for x in names if other in x.split(".")], (mine, names)
+
+
+def test_find_checkpoint_names_the_workdir_and_step(tmp_path):
+  wd = str(tmp_path / "run")
+  orbax_io.write_marker(wd, CFG)
+  os.makedirs(os.path.join(wd, "checkpoints", "7"))
+  assert orbax_io.find_checkpoint(wd) == (wd, None)
+  assert orbax_io.find_checkpoint(os.path.join(wd, "checkpoints", "7")) == (wd, 7)
+  assert orbax_io.find_checkpoint(str(tmp_path)) is None
+  empty = str(tmp_path / "empty")
+  orbax_io.write_marker(empty, CFG)
+  with pytest.raises(FileNotFoundError, match="no checkpoint steps"):
+    orbax_io.restore_params_pure(empty, None, {})
+
+
 # ------------------------------------------------------------------------------------------ special ids
 
 def init_config(**init):
@@ -137,6 +161,16 @@ def test_special_ids_must_match_the_tokenizer(tok_dir, tmp_path):
   orbax_io.write_marker(src, cfg.replace(vision_end_token_id=9), None)
   with pytest.raises(ValueError, match=r"vision_end_token_id is 9 in .*tinyrs_model.json"):
     runner.resolve_model(init_config(workdir=src), str(tmp_path / "wd2"), tok_dir)
+
+
+def test_ids_taken_from_a_tokenizer_pass_the_check(tok_dir):
+  """with_tokenizer and check_tokenizer_ids read one table: what the first sets, the second accepts."""
+  from tinyrs_jax.data.tokenizer import Tokenizer
+  tok = Tokenizer.from_folder(tok_dir)
+  cfg = presets.with_tokenizer(get_preset("demo_8m"), tok)
+  presets.check_tokenizer_ids(cfg, tok, "here")
+  with pytest.raises(ValueError, match=r"eos_token_id is 5 in here"):
+    presets.check_tokenizer_ids(cfg.replace(eos_token_id=5), tok, "here")
 
 
 # -------------------------------------------------------------------------------------------- HF init

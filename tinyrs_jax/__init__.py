@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 def load(path, dtype="float32", **kw):
   """A Qwen2VL model from a Hugging Face Qwen2-VL folder or a checkpoint our trainers wrote."""
-  from tinyrs_jax.checkpoint.hf import load as _load
+  from tinyrs_jax.checkpoint.load import load as _load
   return _load(path, dtype=dtype, **kw)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 from typing import Callable, Iterator
 
 import jax
@@ -19,15 +18,11 @@ import ml_dtypes
 import numpy as np
 from flax import nnx
 
+from tinyrs_jax.checkpoint import sidecar
 from tinyrs_jax.models import presets
 from tinyrs_jax.models.qwen2_vl import Qwen2VL, as_dtype
 
 NP_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
-# Files next to the weights that belong to a usable checkpoint folder (copied on export when present).
-SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "chat_template.json",
-              "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json",
-              "preprocessor_config.json", "processor_config.json", "video_preprocessor_config.json",
-              "generation_config.json")
 
 
 class CheckpointMismatch(ValueError):
@@ -220,11 +215,8 @@ def load_hf_params(path: str, model_abstract: nnx.Module, cfg, dtype, host: bool
   return nnx.from_flat_state(flat)
 
 
-def load(path: str, dtype="float32", param_dtype=None, remat_policy="none") -> Qwen2VL:
-  """`tinyrs_jax.load`: an HF Qwen2-VL folder, or a workdir / checkpoint step our trainers wrote."""
-  from tinyrs_jax.checkpoint import orbax_io
-  if orbax_io.is_our_checkpoint(path):
-    return orbax_io.load_model(path, dtype=dtype, param_dtype=param_dtype)
+def load_model(path: str, dtype="float32", param_dtype=None, remat_policy="none") -> Qwen2VL:
+  """A Qwen2VL from a Hugging Face Qwen2-VL folder (`tinyrs_jax.load` also takes our workdirs: checkpoint.load)."""
   cfg = read_config(path)
   param_dtype = as_dtype(param_dtype or dtype)
   abstract = nnx.eval_shape(lambda: Qwen2VL(cfg, dtype=dtype, param_dtype=param_dtype,
@@ -304,8 +296,5 @@ def save_hf(model: Qwen2VL, out_dir: str, dtype: str | None = None, source_dir: 
       json.dump({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, f, indent=2)
   source_dir = source_dir or getattr(model, "source_dir", None)
   if source_dir:
-    for name in SIDE_FILES:
-      src = os.path.join(source_dir, name)
-      if os.path.exists(src) and os.path.abspath(src) != os.path.abspath(os.path.join(out_dir, name)):
-        shutil.copyfile(src, os.path.join(out_dir, name))
+    sidecar.copy_side_files(source_dir, out_dir)
   return out_dir

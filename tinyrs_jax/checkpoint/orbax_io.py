@@ -8,110 +8,72 @@ Layout of a workdir:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import shutil
 
 import jax
-import jax.numpy as jnp
 from absl import logging
 from flax import nnx
 
-MARKER = "tinyrs_model.json"
-TOKENIZER_DIR = "tokenizer"  # inside the workdir, so the tokenizer moves with it
+# The marker and the tokenizer copy live in sidecar (HF exports share them); importable from here as before.
+from tinyrs_jax.checkpoint.sidecar import (MARKER, TOKENIZER_DIR, find_checkpoint, is_our_checkpoint,  # noqa: F401
+                                           read_marker, save_tokenizer, tokenizer_path, write_marker)
+from tinyrs_jax.checkpoint import sidecar
 
 
-def save_tokenizer(workdir: str, src_dir: str, image_cfg=None) -> str:
-  """Copies the tokenizer / processor files of `src_dir` into <workdir>/tokenizer; `image_cfg` (an
-  ImageProcessorConfig: the limits trained with) replaces the source's preprocessor_config.json. Returns the
-  folder relative to the workdir, as the marker records it."""
-  from tinyrs_jax.checkpoint.hf import SIDE_FILES
-  dst = os.path.join(workdir, TOKENIZER_DIR)
-  os.makedirs(dst, exist_ok=True)
-  if os.path.realpath(src_dir) != os.path.realpath(dst):
-    for name in SIDE_FILES:
-      src, out = os.path.join(src_dir, name), os.path.join(dst, name)
-      if os.path.exists(src):
-        shutil.copyfile(src, out)
-      elif os.path.exists(out):
-        os.remove(out)  # left from an earlier tokenizer
-  if image_cfg is not None:
-    image_cfg.save(dst)
-  return TOKENIZER_DIR
-
-
-def tokenizer_path(workdir: str, marker: dict) -> str | None:
-  """The marker's tokenizer folder as a path: relative to the workdir (older markers hold absolute paths)."""
-  t = marker.get("tokenizer_dir")
-  return os.path.join(os.path.abspath(workdir), t) if t else None
-
-
-def write_marker(workdir: str, model_cfg, tokenizer_dir: str | None = None, extra: dict | None = None):
-  from tinyrs_jax.models import presets
-  os.makedirs(workdir, exist_ok=True)
-  payload = {"format": "tinyrs_jax", "config": presets.to_hf_dict(model_cfg), "tokenizer_dir": tokenizer_dir,
-             **(extra or {})}
-  tmp = os.path.join(workdir, MARKER + ".tmp")
-  with open(tmp, "w") as f:
-    json.dump(payload, f, indent=2)
-  os.replace(tmp, os.path.join(workdir, MARKER))
-
-
-def _find(path: str) -> tuple[str, int | None] | None:
-  """(workdir, step or None for the latest) when `path` is a workdir or one of its step folders."""
-  path = os.path.abspath(path)
-  if os.path.exists(os.path.join(path, MARKER)):
-    return path, None
-  parent = os.path.dirname(path)
-  if os.path.basename(parent) == "checkpoints" and os.path.exists(os.path.join(os.path.dirname(parent), MARKER)):
-    return os.path.dirname(parent), int(os.path.basename(path))
-  return None
-
-
-def is_our_checkpoint(path: str) -> bool:
-  return _find(path) is not None
-
-
-def read_marker(workdir: str) -> dict:
-  with open(os.path.join(workdir, MARKER)) as f:
-    return json.load(f)
+def _ocp():
+  import orbax.checkpoint as ocp  # imported on first use: `import tinyrs_jax` and HF-only loads skip it
+  return ocp
 
 
 def checkpoint_manager(workdir: str, *, max_to_keep: int | None = 3, save_interval_steps: int = 1,
                        async_save: bool = True):
-  import orbax.checkpoint as ocp
+  ocp = _ocp()
   opts = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
                                       enable_async_checkpointing=async_save, create=True)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=opts)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), sidecar.CHECKPOINTS_DIR), options=opts)
 
 
-def restore_params(workdir: str, step: int | None, abstract_params: nnx.State) -> nnx.State:
-  """Restores the 'params' item into the given abstract state (shapes, dtypes and shardings)."""
-  import orbax.checkpoint as ocp
+@contextlib.contextmanager
+def _manager(workdir: str):
+  """A synchronous manager over the workdir's checkpoints, closed on exit (reads; one-off saves)."""
   mngr = checkpoint_manager(workdir, async_save=False)
+  try:
+    yield mngr
+  finally:
+    mngr.close()
+
+
+def restore_items(mngr, step: int | None, abstract: dict, *, with_data: bool = False) -> tuple[int, dict]:
+  """The one restore path: (step, {item: restored}) of checkpoint `step` (None: the latest).
+
+  `abstract` maps item names (params, opt_state, meta) to trees of jax.ShapeDtypeStruct with shardings, which
+  the restored arrays take; with_data adds the "data" item (this process's data-iterator state) when the step
+  holds one.
+  """
+  ocp = _ocp()
   step = mngr.latest_step() if step is None else step
   if step is None:
-    raise FileNotFoundError(f"{workdir}: no checkpoint steps under checkpoints/")
-  target = jax.tree.map(_abstract, abstract_params.to_pure_dict())
-  restored = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
-  mngr.close()
-  state = abstract_params
-  nnx.replace_by_pure_dict(state, restored["params"])
-  return state
+    raise FileNotFoundError(f"{mngr.directory}: no checkpoint steps to restore")
+  items = {name: ocp.args.StandardRestore(tree) for name, tree in abstract.items()}
+  if with_data and os.path.isdir(os.path.join(str(mngr.directory), str(step), "data")):
+    _, restore_json = _process_json_args()
+    items["data"] = restore_json()
+  return step, dict(mngr.restore(step, args=ocp.args.Composite(**items)).items())
 
 
 def restore_params_pure(workdir: str, step: int | None, abstract_params):
   """Restores the 'params' item as a pure dict into `abstract_params` (ShapeDtypeStructs with shardings)."""
-  import orbax.checkpoint as ocp
-  mngr = checkpoint_manager(workdir, async_save=False)
-  try:
-    step = mngr.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"{workdir}: no checkpoint steps under checkpoints/")
-    restored = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)))
-  finally:
-    mngr.close()
-  return restored["params"]
+  with _manager(workdir) as mngr:
+    return restore_items(mngr, step, {"params": abstract_params})[1]["params"]
+
+
+def restore_params(workdir: str, step: int | None, abstract_params: nnx.State) -> nnx.State:
+  """Restores the 'params' item into the given abstract state (shapes, dtypes and shardings)."""
+  pure = restore_params_pure(workdir, step, jax.tree.map(_abstract, abstract_params.to_pure_dict()))
+  nnx.replace_by_pure_dict(abstract_params, pure)
+  return abstract_params
 
 
 def _abstract(x):
@@ -126,11 +88,10 @@ def load_model(path: str, dtype="float32", param_dtype=None, mesh=None):
   through the sharding rules): each device reads only its shard, nothing lands on device 0 first. Without a
   mesh, the parameters go to the default device (one-device use)."""
   from tinyrs_jax import sharding as sharding_lib
-  from tinyrs_jax.models import presets
   from tinyrs_jax.models.qwen2_vl import Qwen2VL, as_dtype
-  workdir, step = _find(path)
+  workdir, step = find_checkpoint(path)
   marker = read_marker(workdir)
-  cfg = presets.from_hf_dict(marker["config"], source=os.path.join(workdir, MARKER))
+  cfg = sidecar.marker_config(workdir, marker)
   param_dtype = as_dtype(param_dtype or dtype)
   abstract = nnx.eval_shape(lambda: Qwen2VL(cfg, dtype=dtype, param_dtype=param_dtype))
   graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
@@ -156,11 +117,6 @@ def load_model(path: str, dtype="float32", param_dtype=None, mesh=None):
 #   meta       {"step", "rng"} as arrays
 #   data       this process's data-iterator state, one JSON file per process (process_<i>-of-<n>.json); a
 #              restore under another process count reads process 0's (the state is a global batch index)
-
-
-def _ocp():
-  import orbax.checkpoint as ocp
-  return ocp
 
 
 class ProcessJsonHandler:
@@ -254,29 +210,17 @@ def restore_train_state(mngr, abstract_state, step: int | None = None, *, with_d
 
   `abstract_state` is a TrainState of jax.ShapeDtypeStruct with shardings; returns the same type.
   """
-  ocp = _ocp()
-  _, restore_json = _process_json_args()
-  step = mngr.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"{mngr.directory}: no checkpoint to restore")
-  items = dict(params=ocp.args.StandardRestore(abstract_state.params),
-               opt_state=ocp.args.StandardRestore(abstract_state.opt_state),
-               meta=ocp.args.StandardRestore({"step": abstract_state.step, "rng": abstract_state.rng}))
-  has_data = with_data and os.path.isdir(os.path.join(str(mngr.directory), str(step), "data"))
-  if has_data:
-    items["data"] = restore_json()
-  r = mngr.restore(step, args=ocp.args.Composite(**items))
+  step, r = restore_items(mngr, step, dict(params=abstract_state.params, opt_state=abstract_state.opt_state,
+                                           meta={"step": abstract_state.step, "rng": abstract_state.rng}),
+                          with_data=with_data)
   state = abstract_state.replace(step=r["meta"]["step"], params=r["params"], opt_state=r["opt_state"],
                                  rng=r["meta"]["rng"])
-  return state, (r["data"] if has_data else None)
+  return state, r.get("data")
 
 
 def latest_step(workdir: str) -> int | None:
   """The latest finalized checkpoint step of a workdir (None when there is none)."""
-  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+  if not os.path.isdir(os.path.join(workdir, sidecar.CHECKPOINTS_DIR)):
     return None
-  mngr = checkpoint_manager(workdir, async_save=False)
-  try:
+  with _manager(workdir) as mngr:
     return mngr.latest_step()
-  finally:
-    mngr.close()

@@ -318,7 +318,7 @@ def loaded_step(source: runner.ModelSource, config) -> int | None:
   from tinyrs_jax.checkpoint import orbax_io
   if source.init != "workdir":
     return None
-  workdir, step = orbax_io._find(source.init_path)
+  workdir, step = orbax_io.find_checkpoint(source.init_path)
   if step is None:
     wanted = int(config.init.get("step", -1))
     step = wanted if wanted >= 0 else orbax_io.latest_step(workdir)

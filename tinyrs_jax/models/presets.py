@@ -155,6 +155,15 @@ def tiny() -> Qwen2VLConfig:
       bos_token_id=None, eos_token_id=2, pad_token_id=0)
 
 
+# The special ids a model config takes from its tokenizer: config field, Tokenizer attribute, the token. The
+# data marks images with the tokenizer's ids and the model looks for its own, so these must agree.
+TOKENIZER_IDS = (("image_token_id", "image_pad_id", "<|image_pad|>"),
+                 ("video_token_id", "video_pad_id", "<|video_pad|>"),
+                 ("vision_start_token_id", "vision_start_id", "<|vision_start|>"),
+                 ("vision_end_token_id", "vision_end_id", "<|vision_end|>"))
+UNCHECKED_IDS = ("video_token_id",)  # the processor rejects videos: the model never reads this one
+
+
 def with_tokenizer(cfg: Qwen2VLConfig, tokenizer) -> Qwen2VLConfig:
   """The config with special token ids taken from a tokenizer (tinyrs_jax.data.tokenizer.Tokenizer).
 
@@ -162,9 +171,26 @@ def with_tokenizer(cfg: Qwen2VLConfig, tokenizer) -> Qwen2VLConfig:
   """
   if tokenizer.vocab_size > cfg.text.vocab_size:
     raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids but the model's vocabulary is {cfg.text.vocab_size}")
-  return cfg.replace(image_token_id=tokenizer.image_pad_id, video_token_id=tokenizer.video_pad_id,
-                     vision_start_token_id=tokenizer.vision_start_id, vision_end_token_id=tokenizer.vision_end_id,
+  return cfg.replace(**{field: getattr(tokenizer, attr) for field, attr, _ in TOKENIZER_IDS},
                      eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id, bos_token_id=None).validate()
+
+
+def check_tokenizer_ids(cfg: Qwen2VLConfig, tokenizer, where: str, tokenizer_name: str = "") -> None:
+  """The one special-id check: raises when `cfg` (read from `where`) and the tokenizer disagree on an id the
+  model reads (a mismatch trains on garbage without any error). pad is checked when the config sets one; the
+  config's eos must be one of the tokenizer's eos ids (generation_config may add some)."""
+  tok = tokenizer
+  pairs = [(field, getattr(cfg, field), token, getattr(tok, attr)) for field, attr, token in TOKENIZER_IDS
+           if field not in UNCHECKED_IDS]
+  if cfg.pad_token_id is not None:
+    pairs.append(("pad_token_id", cfg.pad_token_id, f"pad {tok.pad_token!r}", tok.pad_id))
+  bad = [f"{name} is {ours} in {where} but the tokenizer's {token} is {theirs}"
+         for name, ours, token, theirs in pairs if ours != theirs]
+  if cfg.eos_token_id is not None and cfg.eos_token_id not in tok.eos_ids:
+    bad.append(f"eos_token_id is {cfg.eos_token_id} in {where} but the tokenizer's eos ids are {tok.eos_ids}")
+  if bad:
+    raise ValueError(f"model and tokenizer ({tokenizer_name}) disagree on special tokens: " + "; ".join(bad)
+                     + ". Use the tokenizer the model was trained with (data.tokenizer_dir)")
 
 
 # --------------------------------------------------------------------------------- config.json mapping

@@ -326,7 +326,7 @@ def build_programs(config, mesh) -> tuple[list[Program], dict]:
   data_axes = mesh.shape["data"] * mesh.shape["fsdp"]
   input_lib.check_batch_split(micro, data_axes, 1, "microbatch (batch_size / grad_accum_steps)")
   patch_dim = cfg.vision.patch_dim
-  trainable = optim_lib.trainable_groups(model.abstract_params, opt.mask)
+  trainable = opt.trainable
 
   def sds(shape, dtype):
     return jax.ShapeDtypeStruct(tuple(shape), dtype)

@@ -15,6 +15,9 @@ What a second algorithm (GRPO) reuses unchanged:
       selected positions without batch x length x vocab logits (differentiable)
   runner: make_mesh, resolve_model, make_model, initial_state (resume / earlier workdir / HF / random),
       Checkpointer (orbax, every N, keep K, async), Preemption (SIGTERM), debug_kill, export_hf
+  input: the config's data block -> iterators (resolve_data, make_iterator, EvalData, prompts for GRPO)
+  placement: host rows -> global arrays on the mesh (place_batch, check_batch_split, stack_microbatches)
+  random_batches: random_batch / RandomBatches (tests, benchmarks, AOT, data.source=random)
   metrics.MetricsWriter (metrics.jsonl + TensorBoard), metrics.batch_model_flops / peak_flops_per_device (MFU)
   distributed.initialize(config.distributed) (TPU, SLURM, explicit coordinator)
 """

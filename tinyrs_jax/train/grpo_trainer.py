@@ -46,6 +46,7 @@ from tinyrs_jax.train import grpo as grpo_lib
 from tinyrs_jax.train import grpo_monitor
 from tinyrs_jax.train import input as input_lib
 from tinyrs_jax.train import loop
+from tinyrs_jax.train import placement
 from tinyrs_jax.train import losses as losses_lib
 from tinyrs_jax.train import metrics as metrics_lib
 from tinyrs_jax.train import runner
@@ -211,9 +212,9 @@ def load_reference(config, source: runner.ModelSource, workdir: str, model: stat
                    compute_dtype) -> dict:
   """The frozen reference: the run's initial parameters (also when resuming), held once in the compute dtype,
   sharded like the policy."""
-  from tinyrs_jax.checkpoint import orbax_io
+  from tinyrs_jax.checkpoint import sidecar
   if source.init == "resume":
-    marker = orbax_io.read_marker(workdir)
+    marker = sidecar.read_marker(workdir)
     init, path = marker.get("init", "random"), marker.get("init_path")
     source = runner.ModelSource(source.cfg, source.tokenizer_dir, init, path)
   params = runner.load_frozen_params(config, source, model, shardings.params, compute_dtype)
@@ -372,7 +373,7 @@ class GRPOStep:
     runs mu optimizer steps. Returns (state, device metrics, timing)."""
     t0 = time.time()
     wait = jax.block_until_ready if sync else (lambda x: x)
-    gb = input_lib.place_batch(batch, self.mesh, self.grad_accum)
+    gb = placement.place_batch(batch, self.mesh, self.grad_accum)
     scoring = {k: gb[k] for k in SCORE_KEYS}
     if self.ref_params is not None:
       gb["ref_logps"] = wait(self.score_ref(self.ref_params, scoring))
@@ -427,13 +428,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if config.batch_size % grad_accum:
     raise ValueError(f"batch_size {config.batch_size} (prompts) not divisible by grad_accum_steps {grad_accum}")
   data_axes = mesh.shape["data"] * mesh.shape["fsdp"]
-  input_lib.check_batch_split(config.batch_size, data_axes, pc, "batch_size (prompts per step)")
-  input_lib.check_batch_split(config.batch_size // grad_accum, data_axes, pc,
+  placement.check_batch_split(config.batch_size, data_axes, pc, "batch_size (prompts per step)")
+  placement.check_batch_split(config.batch_size // grad_accum, data_axes, pc,
                               "prompts per microbatch (batch_size / grad_accum_steps)")
   eval_bs = int(config.eval.get("batch_size", 0) or config.batch_size)
   has_eval = bool(data.val_path) and int(config.eval.get("num_prompts", -1)) != 0
   if has_eval:
-    input_lib.check_batch_split(eval_bs, data_axes, pc, "eval batch size")
+    placement.check_batch_split(eval_bs, data_axes, pc, "eval batch size")
 
   runner.write_marker(config, workdir, source)
   prompt_it = input_lib.make_prompt_iterator(config, data, batch_size=config.batch_size,

@@ -1,160 +1,25 @@
-"""Batches for the trainers: the data pipeline's static batches, or random ones (tests, benchmarks, AOT).
+"""Batches for the trainers from the config: the data pipeline's static batches, or random ones.
 
 Everything the trainer needs from an input is:
   next(it)            a static batch (see tinyrs_jax/models/batch.py) of this process's rows, NumPy arrays
   it.get_state()      a JSON-able dict; it.set_state(d) continues exactly after the batch it was taken at
 
-`RandomBatches` is such an iterator of random batches (deterministic in seed and batch index).
-`stack_microbatches` pads a list of static batches to common shapes and stacks them (gradient accumulation).
-`to_global` turns this process's rows into global jax.Arrays sharded over the mesh.
+This module is the config wiring (resolve_data, make_iterator, total_steps, EvalData, the GRPO prompts).
+Where the batches go is elsewhere, and its names are importable from here as before:
+  train/placement.py       host -> global placement: place_batch, to_global, check_batch_split, stack_microbatches
+  train/random_batches.py  random_batch and RandomBatches (deterministic random batches)
 """
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Sequence
 
-import jax
 import numpy as np
 
-from tinyrs_jax import sharding as sharding_lib
 from tinyrs_jax.models.presets import Qwen2VLConfig
-
-TEXT_KEYS = ("input_ids", "attention_mask", "loss_mask")
-
-
-def random_batch(cfg: Qwen2VLConfig, *, batch_size: int, length: int, grid: Sequence[int] = (1, 4, 4),
-                 images_per_row: int = 1, seed: int = 0, answer_frac: float = 0.4,
-                 pad_token_id: int | None = None) -> dict[str, np.ndarray]:
-  """A static batch of random tokens: per row [vision_start, image tokens, vision_end] x images_per_row, a
-  random-length prompt, then an answer (the supervised part), right-padded. Lengths vary per row."""
-  rng = np.random.default_rng(seed)
-  t, h, w = grid
-  merge = cfg.vision.spatial_merge_size
-  n_img_tok = t * h * w // (merge * merge)
-  pad = cfg.pad_token_id if pad_token_id is None else pad_token_id
-  pad = 0 if pad is None else pad
-  specials = {cfg.image_token_id, cfg.video_token_id, cfg.vision_start_token_id, cfg.vision_end_token_id}
-  lo, hi = 3, min(s for s in specials) - 1
-  ids = np.full((batch_size, length), pad, np.int32)
-  attn = np.zeros((batch_size, length), np.int32)
-  loss = np.zeros((batch_size, length), np.int32)
-  head = images_per_row * (n_img_tok + 2)
-  if head + 4 > length:
-    raise ValueError(f"length {length} too short for {images_per_row} images of {n_img_tok} tokens")
-  for r in range(batch_size):
-    n = int(rng.integers(max(head + 4, length * 3 // 4), length + 1))
-    row = []
-    for _ in range(images_per_row):
-      row += [cfg.vision_start_token_id] + [cfg.image_token_id] * n_img_tok + [cfg.vision_end_token_id]
-    text = rng.integers(lo, hi, n - len(row))
-    n_ans = max(1, int((n - len(row)) * answer_frac))
-    ids[r, :n] = np.concatenate([np.asarray(row, np.int64), text])
-    attn[r, :n] = 1
-    loss[r, n - n_ans:n] = 1
-  num_images = batch_size * images_per_row
-  pixel_values = rng.standard_normal((num_images, t * h * w, cfg.vision.patch_dim)).astype(np.float32)
-  grids = np.tile(np.asarray([[t, h, w]], np.int32), (num_images, 1))
-  return {"input_ids": ids, "attention_mask": attn, "pixel_values": pixel_values, "image_grid_thw": grids,
-          "loss_mask": loss}
-
-
-class RandomBatches:
-  """An endless, checkpointable iterator of `random_batch`es: batch k uses seed (seed, k)."""
-
-  def __init__(self, cfg: Qwen2VLConfig, *, batch_size: int, length: int, seed: int = 0,
-               process_index: int = 0, process_count: int = 1, **kw):
-    if batch_size % process_count:
-      raise ValueError(f"batch size {batch_size} not divisible by {process_count} processes")
-    self.cfg, self.batch_size, self.length, self.seed, self.kw = cfg, batch_size, length, seed, kw
-    self.process_index, self.process_count = process_index, process_count
-    self.index = 0
-
-  def __iter__(self):
-    return self
-
-  def __next__(self) -> dict[str, np.ndarray]:
-    full = random_batch(self.cfg, batch_size=self.batch_size, length=self.length,
-                        seed=self.seed * 1_000_003 + self.index, **self.kw)
-    self.index += 1
-    return slice_rows(full, self.process_index, self.process_count)
-
-  def get_state(self) -> dict:
-    return {"index": self.index}
-
-  def set_state(self, state: dict) -> None:
-    self.index = int(state["index"])
-
-
-def slice_rows(batch: dict[str, np.ndarray], index: int, count: int) -> dict[str, np.ndarray]:
-  """This process's contiguous share of the rows and of the image slots (slots follow rows in order)."""
-  if count == 1:
-    return batch
-  out = {}
-  for k, v in batch.items():
-    n = v.shape[0] // count
-    out[k] = v[index * n:(index + 1) * n]
-  return out
-
-
-def pad_batch(batch: dict[str, np.ndarray], *, length: int, slots: int, patches: int) -> dict[str, np.ndarray]:
-  """Right-pads text to `length`, images to `slots` x `patches` (masked out: same result, bigger shapes)."""
-  out = dict(batch)
-  b, l = batch["input_ids"].shape
-  if l < length:
-    for k in TEXT_KEYS:
-      if k in batch:
-        out[k] = np.pad(batch[k], ((0, 0), (0, length - l)))
-    # the pad id does not matter: those positions are masked everywhere
-  pv, g = batch["pixel_values"], batch["image_grid_thw"]
-  if pv.shape[0] < slots or pv.shape[1] < patches:
-    out["pixel_values"] = np.pad(pv, ((0, slots - pv.shape[0]), (0, patches - pv.shape[1]), (0, 0)))
-    out["image_grid_thw"] = np.pad(g, ((0, slots - g.shape[0]), (0, 0)))
-  return out
-
-
-def stack_microbatches(batches: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-  """k static batches -> one with a leading microbatch axis of size k (padded to common shapes)."""
-  length = max(b["input_ids"].shape[1] for b in batches)
-  slots = max(b["pixel_values"].shape[0] for b in batches)
-  patches = max(b["pixel_values"].shape[1] for b in batches)
-  padded = [pad_batch(b, length=length, slots=slots, patches=patches) for b in batches]
-  return {k: np.stack([p[k] for p in padded]) for k in padded[0]}
-
-
-def check_batch_split(batch_size: int, data_axes: int, process_count: int, what: str = "batch") -> None:
-  """Every process loads different rows, so the data axes (data x fsdp) must split the batch across processes:
-  a batch axis replicated over several processes would hold different rows on each (silently wrong)."""
-  if data_axes % process_count:
-    raise ValueError(f"the mesh's data axes (data x fsdp = {data_axes}) must be a multiple of the process count "
-                     f"({process_count}): each process loads its own rows, which a batch axis replicated across "
-                     "processes cannot hold; give data or fsdp more devices (e.g. --config.mesh.data=-1)")
-  if batch_size % data_axes:
-    raise ValueError(f"{what} {batch_size} must be divisible by the data axes ({data_axes} = data x fsdp)")
-
-
-def to_global(batch: dict[str, np.ndarray], shardings: dict) -> dict[str, jax.Array]:
-  """This process's rows -> global arrays (rows of all processes concatenated in process order)."""
-  return {k: sharding_lib.host_to_global(v, shardings[k], what=k) for k, v in batch.items()}
-
-
-def place_batch(batch: dict[str, np.ndarray], mesh, grad_accum: int = 1) -> dict[str, jax.Array]:
-  """This process's rows -> global arrays sharded as the train step expects, the shardings chosen for the
-  GLOBAL shapes (a per-process row count the data axes do not divide must not turn into replication)."""
-  from tinyrs_jax.train import state as state_lib
-  shapes = {k: jax.ShapeDtypeStruct(s, batch[k].dtype) for k, s in global_shape(batch, grad_accum).items()}
-  return to_global(batch, state_lib.batch_shardings(mesh, shapes, grad_accum))
-
-
-def global_shape(batch: dict[str, np.ndarray], grad_accum: int = 1) -> dict[str, tuple]:
-  """Global shapes of a process-local batch (its leading row/slot axis times the process count)."""
-  lead = 1 if grad_accum > 1 else 0
-  out = {}
-  for k, v in batch.items():
-    shape = list(v.shape)
-    shape[lead] *= jax.process_count()
-    out[k] = tuple(shape)
-  return out
+from tinyrs_jax.train.placement import (TEXT_KEYS, check_batch_split, global_shape, pad_batch,  # noqa: F401
+                                        place_batch, slice_rows, stack_microbatches, to_global)
+from tinyrs_jax.train.random_batches import RandomBatches, random_batch  # noqa: F401
 
 
 # ------------------------------------------------------------------------------------ config -> inputs

@@ -31,7 +31,7 @@ from typing import Any, Callable
 import jax
 from absl import logging
 
-from tinyrs_jax.checkpoint import orbax_io
+from tinyrs_jax.checkpoint import sidecar
 from tinyrs_jax.train import metrics as metrics_lib
 from tinyrs_jax.train import runner
 
@@ -165,6 +165,6 @@ def export_if_asked(config, workdir: str, model, params, tokenizer_dir: str | No
   """config.export_hf_dir: a Hugging Face folder of the final parameters, with the workdir's tokenizer."""
   if not config.get("export_hf_dir", ""):
     return
-  saved_tok = orbax_io.tokenizer_path(workdir, orbax_io.read_marker(workdir))
+  saved_tok = sidecar.tokenizer_path(workdir, sidecar.read_marker(workdir))
   runner.export_hf(model, params, config.export_hf_dir, dtype=config.get("export_dtype", "") or None,
                    tokenizer_dir=saved_tok or tokenizer_dir)

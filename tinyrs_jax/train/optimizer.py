@@ -10,8 +10,9 @@ parts (`split_trainable`), differentiates only the first and passes the second t
 weights stay bit-identical, cost no gradient memory and hold no optimizer state.
 
 `make_optimizer(optim_config, params, total_steps)` returns an `Optimizer`: the optax transformation (over
-the trainable parameters only), the trainable mask and the per-group schedules (for logging). It is
-algorithm-agnostic: SFT and GRPO build theirs from the same config block.
+the trainable parameters only), the trainable mask, which groups train (`trainable_groups`, the one place that
+decides it) and the per-group schedules (for logging). It is algorithm-agnostic: SFT and GRPO build theirs from
+the same config block.
 """
 from __future__ import annotations
 
@@ -37,9 +38,14 @@ def _key_str(k) -> str:
   return str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
 
 
+def path_names(key_path) -> tuple[str, ...]:
+  """A jax key path (dict keys, attribute names, indices) as a tuple of strings, as param_group reads it."""
+  return tuple(_key_str(k) for k in key_path)
+
+
 def map_with_path(fn: Callable[[tuple[str, ...], Any], Any], tree):
   """jax.tree.map with the leaf's path as a tuple of strings (pure-dict parameter trees)."""
-  return jax.tree_util.tree_map_with_path(lambda p, x: fn(tuple(_key_str(k) for k in p), x), tree)
+  return jax.tree_util.tree_map_with_path(lambda p, x: fn(path_names(p), x), tree)
 
 
 def group_labels(params) -> Any:
@@ -47,7 +53,8 @@ def group_labels(params) -> Any:
 
 
 def trainable_groups(params, mask) -> dict[str, bool]:
-  """group -> whether any of its parameters trains under `mask` (for FLOP counts and logs)."""
+  """The one answer to "which parameter groups train": group -> whether any of its parameters trains under
+  `mask` (the optimizer's groups and schedules, FLOP counts, logs)."""
   labels, flags = jax.tree.leaves(group_labels(params)), jax.tree.leaves(mask)
   return {g: any(m for l, m in zip(labels, flags) if l == g) for g in GROUPS}
 
@@ -115,6 +122,7 @@ class Optimizer:
   mask: Any  # bool per parameter leaf: trainable
   schedules: dict[str, optax.Schedule]  # per trainable group
   max_grad_norm: float
+  trainable: dict[str, bool]  # group -> trains (trainable_groups of the mask): what FLOP counts and logs read
 
 
 def group_lrs(optim_config) -> dict[str, float]:
@@ -133,15 +141,15 @@ def make_optimizer(optim_config, params, total_steps: int) -> Optimizer:
   o = optim_config
   mask = trainable_mask(params, o.get("freeze", ""))
   labels = group_labels(params)
-  trainable_groups = sorted({l for l, m in zip(jax.tree.leaves(labels), jax.tree.leaves(mask)) if m})
-  if not trainable_groups:
+  trainable = trainable_groups(params, mask)
+  training = sorted(g for g, trains in trainable.items() if trains)
+  if not training:
     raise ValueError(f"optim.freeze={o.get('freeze')!r} freezes every parameter group")
   warmup = warmup_steps_for(total_steps, o.get("warmup_frac", 0.0), o.get("warmup_steps", -1))
   lrs = group_lrs(o)
   schedules = {g: make_schedule(lrs[g], total_steps, warmup, o.get("schedule", "cosine"), o.get("end_lr_frac", 0.0))
-               for g in trainable_groups}
+               for g in training}
   decay_mask = map_with_path(lambda path, _: path[-1] not in NO_DECAY_NAMES, params)
-  trainable, _ = split_trainable(params, mask)
   decay_mask, _ = split_trainable(decay_mask, mask)
   labels_t, _ = split_trainable(labels, mask)
   name = o.get("name", "adamw")
@@ -156,12 +164,11 @@ def make_optimizer(optim_config, params, total_steps: int) -> Optimizer:
       return optax.sgd(schedule, momentum=o.get("momentum", None) or None)
     raise ValueError(f"unknown optimizer {name!r}; use adamw or sgd")
 
-  if len(trainable_groups) == 1 or len({lrs[g] for g in trainable_groups}) == 1:
-    tx = inner(schedules[trainable_groups[0]])  # one group of transforms is cheaper to trace
+  if len(training) == 1 or len({lrs[g] for g in training}) == 1:
+    tx = inner(schedules[training[0]])  # one group of transforms is cheaper to trace
   else:
-    tx = optax.multi_transform({g: inner(schedules[g]) for g in trainable_groups}, labels_t)
+    tx = optax.multi_transform({g: inner(schedules[g]) for g in training}, labels_t)
   max_norm = float(o.get("max_grad_norm", 0.0) or 0.0)
   if max_norm > 0:
     tx = optax.chain(optax.clip_by_global_norm(max_norm), tx)
-  del trainable
-  return Optimizer(tx=tx, mask=mask, schedules=schedules, max_grad_norm=max_norm)
+  return Optimizer(tx=tx, mask=mask, schedules=schedules, max_grad_norm=max_norm, trainable=trainable)

@@ -17,7 +17,7 @@ from absl import logging
 from flax import nnx
 
 from tinyrs_jax import sharding as sharding_lib
-from tinyrs_jax.checkpoint import orbax_io
+from tinyrs_jax.checkpoint import hf, orbax_io, sidecar
 from tinyrs_jax.models import presets
 from tinyrs_jax.train import state as state_lib
 
@@ -46,45 +46,31 @@ def _has_tokenizer(path: str | None) -> bool:
 
 
 def check_special_ids(cfg: presets.Qwen2VLConfig, tokenizer_dir: str | None, where: str) -> None:
-  """The model's special token ids must be the tokenizer's: the data marks images with the tokenizer's ids, the
-  model looks for its own (a mismatch trains on garbage without any error)."""
+  """presets.check_tokenizer_ids against the tokenizer in `tokenizer_dir` (nothing to check without one)."""
   if not _has_tokenizer(tokenizer_dir):
     return
   from tinyrs_jax.data.tokenizer import Tokenizer
-  tok = Tokenizer.from_folder(tokenizer_dir)
-  pairs = [("image_token_id", cfg.image_token_id, "<|image_pad|>", tok.image_pad_id),
-           ("vision_start_token_id", cfg.vision_start_token_id, "<|vision_start|>", tok.vision_start_id),
-           ("vision_end_token_id", cfg.vision_end_token_id, "<|vision_end|>", tok.vision_end_id)]
-  if cfg.pad_token_id is not None:
-    pairs.append(("pad_token_id", cfg.pad_token_id, f"pad {tok.pad_token!r}", tok.pad_id))
-  bad = [f"{name} is {ours} in {where} but the tokenizer's {token} is {theirs}"
-         for name, ours, token, theirs in pairs if ours != theirs]
-  if cfg.eos_token_id is not None and cfg.eos_token_id not in tok.eos_ids:  # generation_config may add eos ids
-    bad.append(f"eos_token_id is {cfg.eos_token_id} in {where} but the tokenizer's eos ids are {tok.eos_ids}")
-  if bad:
-    raise ValueError(f"model and tokenizer ({tokenizer_dir}) disagree on special tokens: " + "; ".join(bad)
-                     + ". Use the tokenizer the model was trained with (data.tokenizer_dir)")
+  presets.check_tokenizer_ids(cfg, Tokenizer.from_folder(tokenizer_dir), where, tokenizer_dir)
 
 
 def resolve_model(config, workdir: str, tokenizer_dir: str | None = None) -> ModelSource:
   """The model config and tokenizer folder: from this workdir when resuming, else from init.workdir's marker,
   init.hf_dir's config.json, or the preset (with the tokenizer's special ids)."""
-  from tinyrs_jax.checkpoint import hf
   init = config.init
   if orbax_io.latest_step(workdir) is not None:
-    marker = orbax_io.read_marker(workdir)
-    cfg = presets.from_hf_dict(marker["config"], source=os.path.join(workdir, orbax_io.MARKER))
-    return ModelSource(cfg, orbax_io.tokenizer_path(workdir, marker) or tokenizer_dir, "resume", workdir)
+    marker = sidecar.read_marker(workdir)
+    cfg = sidecar.marker_config(workdir, marker)
+    return ModelSource(cfg, sidecar.tokenizer_path(workdir, marker) or tokenizer_dir, "resume", workdir)
   if init.get("workdir"):
     src = init.workdir
-    if not orbax_io.is_our_checkpoint(src):
-      raise FileNotFoundError(f"init.workdir={src!r} is not a tinyrs_jax workdir (no {orbax_io.MARKER})")
-    src_workdir = orbax_io._find(src)[0]
-    marker = orbax_io.read_marker(src_workdir)
-    where = os.path.join(src_workdir, orbax_io.MARKER)
-    cfg = presets.from_hf_dict(marker["config"], source=where)
-    tok = tokenizer_dir or orbax_io.tokenizer_path(src_workdir, marker)
-    check_special_ids(cfg, tok, where)
+    found = sidecar.find_checkpoint(src)
+    if found is None:
+      raise FileNotFoundError(f"init.workdir={src!r} is not a tinyrs_jax workdir (no {sidecar.MARKER})")
+    src_workdir = found[0]
+    marker = sidecar.read_marker(src_workdir)
+    cfg = sidecar.marker_config(src_workdir, marker)
+    tok = tokenizer_dir or sidecar.tokenizer_path(src_workdir, marker)
+    check_special_ids(cfg, tok, os.path.join(src_workdir, sidecar.MARKER))
     return ModelSource(cfg, tok, "workdir", src)
   if init.get("hf_dir"):
     cfg = hf.read_config(init.hf_dir)
@@ -116,8 +102,8 @@ def write_marker(config, workdir: str, source: ModelSource) -> None:
   if source.tokenizer_dir:
     from tinyrs_jax.train import input as input_lib
     image_cfg = input_lib.image_config(config, source.tokenizer_dir)
-    tok = orbax_io.save_tokenizer(workdir, source.tokenizer_dir, image_cfg)
-  orbax_io.write_marker(workdir, source.cfg, tok,
+    tok = sidecar.save_tokenizer(workdir, source.tokenizer_dir, image_cfg)
+  sidecar.write_marker(workdir, source.cfg, tok,
                         extra={"stage": config.get("stage", ""), "init": source.init, "init_path": source.init_path})
 
 
@@ -157,11 +143,10 @@ def load_init_params(source: ModelSource, model: state_lib.Model, shardings: sta
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           model.abstract_params, shardings.params)
   if source.init == "workdir":
-    workdir, step = orbax_io._find(source.init_path)
+    workdir, step = sidecar.find_checkpoint(source.init_path)
     step = step if step is not None else (None if init_step is None or init_step < 0 else int(init_step))
     return orbax_io.restore_params_pure(workdir, step, abstract)
   if source.init == "hf":
-    from tinyrs_jax.checkpoint import hf
     from tinyrs_jax.models.qwen2_vl import Qwen2VL
     abstract_module = nnx.eval_shape(lambda: Qwen2VL(source.cfg, rngs=nnx.Rngs(0), **model.kwargs))
     # NumPy on the host, each array then cut straight into its shards: the whole unsharded model never sits on
@@ -212,6 +197,7 @@ class Checkpointer:
 
   def __init__(self, workdir: str, *, every_steps: int, keep: int, async_save: bool = True):
     self.every_steps = max(int(every_steps), 0)
+    self.async_save = bool(async_save)  # kept here: CheckpointManager has no public accessor for its options
     self.mngr = orbax_io.checkpoint_manager(workdir, max_to_keep=keep if keep > 0 else None,
                                             save_interval_steps=1, async_save=async_save)
     self.directory = str(self.mngr.directory)
@@ -228,7 +214,7 @@ class Checkpointer:
     if saved:
       self.last_saved = step
       logging.info("checkpoint step %d -> %s%s", step, self.directory,
-                   " (async)" if self.mngr._options.enable_async_checkpointing else "")
+                   " (async)" if self.async_save else "")
     return saved
 
   def restore(self, abstract_state):
@@ -245,9 +231,11 @@ class Checkpointer:
 # ------------------------------------------------------------------------------------------ preemption
 
 def _jax_preemption_service() -> bool:
-  """Whether jax.distributed started its preemption sync service (it catches SIGTERM itself, in C++)."""
-  from jax._src import distributed
-  return distributed.global_state.preemption_sync_manager is not None
+  """Whether jax.distributed started its preemption sync service (it catches SIGTERM itself, in C++).
+
+  Public APIs only: jax.distributed.initialize starts the service exactly when jax_enable_preemption_service is
+  on (the default), and there is no public accessor for the service itself."""
+  return jax.distributed.is_initialized() and bool(jax.config.jax_enable_preemption_service)
 
 
 class Preemption:

@@ -17,9 +17,9 @@ from absl import logging
 
 from tinyrs_jax.train import input as input_lib
 from tinyrs_jax.train import loop
+from tinyrs_jax.train import placement
 from tinyrs_jax.train import losses as losses_lib
 from tinyrs_jax.train import metrics as metrics_lib
-from tinyrs_jax.train import optimizer as optim_lib
 from tinyrs_jax.train import runner
 from tinyrs_jax.train import state as state_lib
 
@@ -33,7 +33,7 @@ def make_loss_fn(loss_config):
 def evaluate(eval_step, params, batches, mesh) -> dict[str, float]:
   total, weight, n = 0.0, 0.0, 0
   for b in batches:
-    gb = input_lib.place_batch(b, mesh)
+    gb = placement.place_batch(b, mesh)
     loss_sum, w = eval_step(params, gb)
     total += float(jax.device_get(loss_sum))
     weight += float(jax.device_get(w))
@@ -57,10 +57,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
     raise ValueError(f"batch_size {config.batch_size} not divisible by grad_accum_steps {grad_accum}")
   micro = config.batch_size // grad_accum
   data_axes = mesh.shape["data"] * mesh.shape["fsdp"]
-  input_lib.check_batch_split(micro, data_axes, pc, "microbatch (batch_size / grad_accum_steps)")
+  placement.check_batch_split(micro, data_axes, pc, "microbatch (batch_size / grad_accum_steps)")
   has_eval = input_lib.has_eval(config, data)
   if has_eval:
-    input_lib.check_batch_split(input_lib.eval_batch_size(config), data_axes, pc, "eval batch size")
+    placement.check_batch_split(input_lib.eval_batch_size(config), data_axes, pc, "eval batch size")
 
   runner.write_marker(config, workdir, source)
   train_it = input_lib.make_iterator(config, data, "train", source.cfg, batch_size=micro,
@@ -95,16 +95,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
       r.update(answers(state.params, step))
     return r
 
-  trainable = optim_lib.trainable_groups(model.abstract_params, opt.mask)
+  trainable = opt.trainable
   peak = metrics_lib.peak_flops_per_device(config.get("peak_tflops", 0.0)) * jax.device_count()
 
   def train_step(state, step):
     parts = [input_lib.arrays(next(train_it)) for _ in range(grad_accum)]
-    host_batch = parts[0] if grad_accum == 1 else input_lib.stack_microbatches(parts)
+    host_batch = parts[0] if grad_accum == 1 else placement.stack_microbatches(parts)
     host = {"tokens": float(sum(p["attention_mask"].sum() for p in parts)) * pc,
             "flops": sum(metrics_lib.batch_model_flops(source.cfg, p, train_vision=trainable["vision"],
                                                        train_merger=trainable["merger"]) for p in parts) * pc}
-    gb = input_lib.place_batch(host_batch, mesh, grad_accum)
+    gb = placement.place_batch(host_batch, mesh, grad_accum)
     state, dev_metrics = step_fn(state, gb)
     return state, dev_metrics, host
 

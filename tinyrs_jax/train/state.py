@@ -28,6 +28,7 @@ from tinyrs_jax.models.presets import Qwen2VLConfig
 from tinyrs_jax.models.qwen2_vl import Qwen2VL
 from tinyrs_jax.train import optimizer as optim_lib
 from tinyrs_jax.train.losses import LossOutput
+from tinyrs_jax.train.placement import batch_shardings  # noqa: F401  (state_lib.batch_shardings, as before)
 
 
 @flax.struct.dataclass
@@ -105,7 +106,7 @@ def state_shardings(model: Model, opt: optim_lib.Optimizer, mesh) -> TrainState:
 
 
 def _path(p) -> tuple[str, ...]:
-  return tuple(optim_lib._key_str(k) for k in p)
+  return optim_lib.path_names(p)
 
 
 def abstract_state(model: Model, opt: optim_lib.Optimizer, shardings: TrainState | None = None) -> TrainState:
@@ -227,19 +228,6 @@ def make_eval_step(model: Model, loss_fn: Callable[..., LossOutput]):
 
 
 # ------------------------------------------------------------------------------------------ compiling
-
-def batch_shardings(mesh, batch_like: dict, grad_accum: int = 1) -> dict:
-  """Rows (and image slots) over the data axes; a leading microbatch axis, when present, unsharded."""
-  lead = 1 if grad_accum > 1 else 0
-  out = {}
-  for k, v in batch_like.items():
-    shape = tuple(v.shape)
-    names = (None,) * lead + ("batch",) + (None,) * (len(shape) - lead - 1)
-    if k in ("pixel_values", "image_grid_thw"):
-      names = (None,) * lead + ("images",) + (None,) * (len(shape) - lead - 1)
-    out[k] = sharding_lib.named_sharding(mesh, names, shape)
-  return out
-
 
 class CompiledStep:
   """A jitted function compiled ahead of time once per distinct batch shape; counts its compilations."""
