@@ -184,7 +184,7 @@ class Evaluator:
     it = pipeline.make_dataset(records, self.processor, global_batch_size=self.batch_size, seed=0, mode="prompt",
                                num_epochs=1, shuffle=False, process_index=jax.process_index(),
                                process_count=jax.process_count(), bad_rows="pad", drop_remainder=False,
-                               **input_lib._pipeline_kwargs(self.config))
+                               **input_lib.pipeline_kwargs(self.config))
     yield from it
     if hasattr(it, "close"):
       it.close()
@@ -391,7 +391,7 @@ def _source_and_model(config, workdir: str):
   return source, model, dtype
 
 
-def _processor(config, tokenizer_dir: str):
+def eval_processor(config, tokenizer_dir: str):
   from tinyrs_jax.data.processor import Processor
   d = config.data
   return Processor.from_folder(tokenizer_dir, min_pixels=int(d.min_pixels) or None,
@@ -413,7 +413,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   params = runner.load_frozen_params(config, source, model, model.param_shardings(mesh), dtype)
   logging.info("evaluating %s (%s) on %s", source.init_path or "random init", source.init,
                [n for n, _ in benches])
-  evaluator = Evaluator.from_eval_config(config, model, mesh, _processor(config, source.tokenizer_dir),
+  evaluator = Evaluator.from_eval_config(config, model, mesh, eval_processor(config, source.tokenizer_dir),
                                         source.tokenizer_dir)
   results = read_results(workdir) if main else {}
   for name, b in benches:
@@ -507,16 +507,17 @@ class TrainingEval:
     from tinyrs_jax.data.records import SkipCounter
     e = config.eval
     n = int(e.get("generate_examples", 0))
-    records = pipeline.load_source(input_lib._reader_spec(config, data.val_path, prompts=True),
+    records = pipeline.load_source(input_lib.reader_spec(config, data.val_path, prompts=True),
                                    SkipCounter(name="generation eval"))[:n]
     self.records = [dataclasses.replace(r, messages=[dict(m) for m in r.prompt_messages],
                                         extra={**r.extra, "reference_text": _assistant_text(r)}) for r in records]
     self.dir = os.path.join(workdir, "eval_predictions")
     self.captions = _has_caption_scorers()
-    self.evaluator = Evaluator(config, model, mesh, input_lib._processor(config, tokenizer_dir),
+    self.evaluator = Evaluator(config, model, mesh, input_lib.make_processor(config, tokenizer_dir),
                                tokenizer_dir=tokenizer_dir, batch_size=batch_size,
                                max_new_tokens=int(e.get("generate_max_new_tokens", 256)),
-                               answer_tag=e.get("answer_tag", "answer"), think_tags=e.get("think_tags", "think,reasoning"),
+                               answer_tag=e.get("answer_tag", "answer"),
+                               think_tags=e.get("think_tags", "think,reasoning"),
                                log_every_s=1e9)
 
   @classmethod

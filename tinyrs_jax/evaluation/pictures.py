@@ -79,7 +79,8 @@ def _tile(record, row: dict) -> Image.Image | None:
   d = ImageDraw.Draw(canvas)
   what = f"IoU {row['iou']:.2f}" + ("" if row.get("parsed") else " (no box)")
   d.text((3, 2), f"{what}  {row.get('size') or ''}", fill=(0, 0, 0))
-  prompt = str(row.get("prompt", "")).replace("<image>", "").strip()
+  from tinyrs_jax.data.records import IMAGE_PLACEHOLDER
+  prompt = str(row.get("prompt", "")).replace(IMAGE_PLACEHOLDER, "").strip()
   d.text((3, 14), prompt[:42], fill=(90, 90, 90))
   return canvas
 

@@ -1,6 +1,6 @@
 """The built-in benchmarks, as config entries (configs/eval.py puts them under `config.benchmarks`).
 
-Each entry: the reader (`format`, tinyrs_jax/data/readers.py), where the files are (`path`, and the reader
+Each entry: the reader (`format`, tinyrs_jax/data/readers/), where the files are (`path`, and the reader
 options `split`, `image_dir`, `data_dir`, `prefix` where that reader takes them), the task when the files do not
 say it (`task`), which question types to keep (`question_types`, e.g. RSVQA's "presence,comp"), the prompt
 template (`prompt`, "{question}" is the record's question text; "" = eval.prompt) and `limit` (-1: all).

@@ -46,7 +46,8 @@ def resolve_data(config) -> DataSpec:
     from tinyrs_jax.data.demo_tokenizer import ensure_demo_assets
     data_dir, tok = ensure_demo_assets(None, int(d.get("demo_examples", 2000)), 0)
     stage = config.stage
-    return DataSpec("pipeline", d.get("tokenizer_dir") or tok, d.get("train") or os.path.join(data_dir, stage, "train.jsonl"),
+    return DataSpec("pipeline", d.get("tokenizer_dir") or tok,
+                    d.get("train") or os.path.join(data_dir, stage, "train.jsonl"),
                     d.get("val") or os.path.join(data_dir, stage, "val.jsonl"))
   if not d.get("train"):
     raise ValueError("set --config.data.train=<a JSON/JSONL conversations file> (or data.demo=True)")
@@ -58,7 +59,7 @@ def arrays(batch: dict) -> dict[str, np.ndarray]:
   return {k: batch[k] for k in ARRAY_KEYS if k in batch}
 
 
-def _reader_spec(config, path: str, prompts: bool = False) -> tuple:
+def reader_spec(config, path: str, prompts: bool = False) -> tuple:
   d = config.data
   options = {}
   if d.get("image_root"):
@@ -72,7 +73,7 @@ def _reader_spec(config, path: str, prompts: bool = False) -> tuple:
   return (d.get("format", "llava"), path, options)
 
 
-def _processor(config, tokenizer_dir: str | None):
+def make_processor(config, tokenizer_dir: str | None):
   from tinyrs_jax.data.processor import Processor
   if not tokenizer_dir:
     raise ValueError("no tokenizer folder: set --config.data.tokenizer_dir (or init.hf_dir with tokenizer files)")
@@ -93,7 +94,7 @@ def _buckets(d, name, default):
   return tuple(int(x) for x in v) if v else tuple(default)
 
 
-def _pipeline_kwargs(config) -> dict:
+def pipeline_kwargs(config) -> dict:
   from tinyrs_jax.models import batch as batch_lib
   d = config.data
   return dict(length_buckets=_buckets(d, "length_buckets", batch_lib.DEFAULT_LENGTH_BUCKETS),
@@ -116,10 +117,10 @@ def make_iterator(config, spec: DataSpec, split: str, model_cfg: Qwen2VLConfig, 
                          process_count=process_count)
   from tinyrs_jax.data import pipeline
   path = spec.train_path if split == "train" else spec.val_path
-  return pipeline.make_dataset(_reader_spec(config, path), _processor(config, tokenizer_dir or spec.tokenizer_dir),
+  return pipeline.make_dataset(reader_spec(config, path), make_processor(config, tokenizer_dir or spec.tokenizer_dir),
                                global_batch_size=batch_size, seed=int(config.seed), mode="sft", num_epochs=None,
                                shuffle=True, process_index=process_index, process_count=process_count,
-                               bad_rows="resample", **_pipeline_kwargs(config))
+                               bad_rows="resample", **pipeline_kwargs(config))
 
 
 def total_steps(config, spec: DataSpec, global_batch: int, train_it=None) -> int:
@@ -160,8 +161,8 @@ class EvalData:
     if spec.source == "pipeline":
       from tinyrs_jax.data import pipeline
       from tinyrs_jax.data.records import SkipCounter
-      self.records = pipeline.load_source(_reader_spec(config, spec.val_path), SkipCounter(name="eval"))
-      self.processor = _processor(config, tokenizer_dir or spec.tokenizer_dir)
+      self.records = pipeline.load_source(reader_spec(config, spec.val_path), SkipCounter(name="eval"))
+      self.processor = make_processor(config, tokenizer_dir or spec.tokenizer_dir)
 
   def __iter__(self):
     if self.spec.source == "random":
@@ -174,7 +175,7 @@ class EvalData:
       it = pipeline.make_dataset(self.records, self.processor, global_batch_size=self.batch_size, seed=0,
                                  mode="sft", num_epochs=1, shuffle=False, process_index=self.pi,
                                  process_count=self.pc, bad_rows="pad", drop_remainder=False,
-                                 **_pipeline_kwargs(self.config))
+                                 **pipeline_kwargs(self.config))
     for i, b in enumerate(it):
       if 0 <= self.num_batches <= i:
         break
@@ -195,11 +196,12 @@ def make_prompt_iterator(config, spec: DataSpec, *, batch_size: int, tokenizer_d
   if spec.source != "pipeline":
     raise ValueError("GRPO needs prompts with verifiable answers: data.source must be 'pipeline'")
   from tinyrs_jax.data import pipeline
-  return pipeline.make_dataset(_reader_spec(config, spec.train_path, prompts=True),
-                               _processor(config, tokenizer_dir or spec.tokenizer_dir), global_batch_size=batch_size,
+  return pipeline.make_dataset(reader_spec(config, spec.train_path, prompts=True),
+                               make_processor(config, tokenizer_dir or spec.tokenizer_dir),
+                               global_batch_size=batch_size,
                                seed=int(config.seed), mode="prompt", num_epochs=None, shuffle=True,
                                process_index=process_index, process_count=process_count, bad_rows="resample",
-                               **_pipeline_kwargs(config))
+                               **pipeline_kwargs(config))
 
 
 class EvalPrompts:
@@ -214,11 +216,11 @@ class EvalPrompts:
       raise ValueError("held-out evaluation needs data.val (a prompts file with answers)")
     self.config, self.batch_size, self.num_prompts = config, batch_size, int(num_prompts)
     self.pi, self.pc = process_index, process_count
-    self.records = pipeline.load_source(_reader_spec(config, spec.val_path, prompts=True),
+    self.records = pipeline.load_source(reader_spec(config, spec.val_path, prompts=True),
                                        SkipCounter(name="eval"))
     if self.num_prompts >= 0:
       self.records = self.records[:self.num_prompts]
-    self.processor = _processor(config, tokenizer_dir or spec.tokenizer_dir)
+    self.processor = make_processor(config, tokenizer_dir or spec.tokenizer_dir)
 
   def __len__(self) -> int:
     return len(self.records)
@@ -228,7 +230,7 @@ class EvalPrompts:
     it = pipeline.make_dataset(self.records, self.processor, global_batch_size=self.batch_size, seed=0,
                                mode="prompt", num_epochs=1, shuffle=False, process_index=self.pi,
                                process_count=self.pc, bad_rows="pad", drop_remainder=False,
-                               **_pipeline_kwargs(self.config))
+                               **pipeline_kwargs(self.config))
     yield from it
     if hasattr(it, "close"):
       it.close()
