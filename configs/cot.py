@@ -5,14 +5,14 @@ AdamW wd 0.1, 3 % warmup, cosine, global batch 128, 1 epoch, bf16 + fp32 master 
     python -m tinyrs_jax.main --config=configs/cot.py --workdir=$WORK/cot \
       --config.init.workdir=$WORK/instruct --config.data.train=/data/vhm/sft_cot.jsonl --config.data.image_root=/data/images
 
-The demo (this CPU, about two minutes, synthetic cot data, demo_8m model):
+The demo (this CPU, about a minute and a half, synthetic cot data, demo_8m model):
     python -m tinyrs_jax.main --config=configs/cot.py:demo --workdir=/tmp/tinyrs/cot \
       [--config.init.workdir=/tmp/tinyrs/instruct]
   on its own from scratch, or from the instruct demo's workdir when init.workdir says so; should reach a final
   eval_loss <= 0.9 x the eval_loss at step 0 (measured with `bash launch/demo.sh`, from the instruct demo:
-  eval_loss 6.72 at step 0 -> 0.359 at the end, 300 steps of batch 8). Greedy on the 994 held-out grpo prompts
-  that checkpoint scores: classify 0.80, presence 0.57, count 0.60, compare 0.28, grounding mean IoU 0.00,
-  format 0.95; completions 40 tokens on average (p90 62, max 73, none cut at 160).
+  eval_loss 7.72 at step 0 -> 0.377 at the end, 200 steps of batch 8, 83 s). Greedy on 400 held-out questions
+  (configs/eval.py:demo, asked to think first) that checkpoint scores: classify 0.889, presence 0.580, count 0.716,
+  compare 0.525, grounding mean IoU 0.00 (runs/demo/eval.md; README).
 """
 from __future__ import annotations
 

