@@ -131,10 +131,10 @@ def test_decode_scanning_the_stacked_layers_equals_the_unrolled_one(pair):
   scal = (jnp.float32(1.0), jnp.int32(0), jnp.float32(1.0))
   outs = []
   for unroll in (True, False):
-    cache, first, lp, pos = gen_lib._prefill(graphdef, state, *(jnp.asarray(static[k]) for k in (
+    cache, first, lp, pos = gen_lib.prefill(graphdef, state, *(jnp.asarray(static[k]) for k in (
         "input_ids", "attention_mask", "pixel_values", "image_grid_thw")), jax.random.key(1), *scal,
         cache_size=static["input_ids"].shape[1] + 16, num_samples=2, mode="sample")
-    fn = gen_lib._decode_unrolled if unroll else gen_lib._decode
+    fn = gen_lib.decode_loop_unrolled if unroll else gen_lib.decode_loop
     outs.append(jax.device_get(fn(graphdef, state, cache, first, lp, pos, jnp.int32(static["input_ids"].shape[1]),
                                   jnp.int32(12), jax.random.key(2), *scal, jnp.asarray([-1], jnp.int32),
                                   jnp.int32(0), buffer=16, mode="sample", unroll_layers=unroll)))

@@ -85,7 +85,7 @@ def sample(logits, rng, temperature, top_k, top_p, mode: str):
 # ---------------------------------------------------------------------------------------------- jitted parts
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cache_size", "num_samples", "mode"))
-def _prefill(graphdef, state, input_ids, attention_mask, pixel_values, image_grid_thw, rng, temperature, top_k,
+def prefill(graphdef, state, input_ids, attention_mask, pixel_values, image_grid_thw, rng, temperature, top_k,
              top_p, *, cache_size: int, num_samples: int, mode: str):
   _COMPILES["prefill"] += 1
   model = nnx.merge(graphdef, state)
@@ -108,7 +108,7 @@ def _prefill(graphdef, state, input_ids, attention_mask, pixel_values, image_gri
 
 def _decode_impl(graphdef, state, cache, first_tokens, first_logprobs, next_pos, start_slot, max_new, rng,
             temperature, top_k, top_p, eos_ids, pad_id, *, buffer: int, mode: str, unroll_layers: bool = False):
-  """Generates up to max_new (<= buffer) tokens; the first came from prefill. `_decode` donates the cache: the
+  """Generates up to max_new (<= buffer) tokens; the first came from prefill. `decode_loop` donates the cache: the
   loop writes into prefill's buffers instead of a second cache.
 
   unroll_layers (static): False (TPU, GPU) runs each step's layers as a scan over the stacked weights and the
@@ -160,10 +160,10 @@ def _decode_impl(graphdef, state, cache, first_tokens, first_logprobs, next_pos,
           sharding.constrain(lengths, ("batch",)), cache)
 
 
-_decode = jax.jit(_decode_impl, static_argnames=("graphdef", "buffer", "mode", "unroll_layers"),
+decode_loop = jax.jit(_decode_impl, static_argnames=("graphdef", "buffer", "mode", "unroll_layers"),
                   donate_argnames=("cache",))
 # The unrolled variant re-buffers the cache per layer, so prefill's stacked buffers cannot be reused: no donation.
-_decode_unrolled = jax.jit(_decode_impl, static_argnames=("graphdef", "buffer", "mode", "unroll_layers"))
+decode_loop_unrolled = jax.jit(_decode_impl, static_argnames=("graphdef", "buffer", "mode", "unroll_layers"))
 
 
 def _constrain_cache(cache: KVCache) -> KVCache:
@@ -268,11 +268,11 @@ def generate(model, batch: dict, *, max_new_tokens: int, temperature: float = 0.
           mesh, ("images" if k in ("pixel_values", "image_grid_thw") else "batch",) + (None,) * (v.ndim - 1),
           _global_rows(v.shape)), what=f"generate: {k}") for k, v in static.items()}
     unroll = _platform(mesh) == "cpu"
-    cache, first, first_lp, next_pos = _prefill(
+    cache, first, first_lp, next_pos = prefill(
         graphdef, state, arrays["input_ids"], arrays["attention_mask"], arrays["pixel_values"],
         arrays["image_grid_thw"], rng_prefill, *scalars, cache_size=cache_size, num_samples=num_samples,
         mode=mode)
-    tokens, logprobs, lengths, _ = (_decode_unrolled if unroll else _decode)(
+    tokens, logprobs, lengths, _ = (decode_loop_unrolled if unroll else decode_loop)(
         graphdef, state, cache, first, first_lp, next_pos, jnp.int32(prompt_len), jnp.int32(max_new_tokens),
         rng_decode, *scalars, jnp.asarray(eos), jnp.int32(pad_id), buffer=buffer, mode=mode,
         unroll_layers=unroll)

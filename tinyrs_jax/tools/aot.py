@@ -418,19 +418,19 @@ def build_programs(config, mesh) -> tuple[list[Program], dict]:
 
     def lower_prefill():
       with sharding_lib.use_mesh(mesh):
-        return gen_lib._prefill.lower(graphdef, *args, **static)
+        return gen_lib.prefill.lower(graphdef, *args, **static)
 
     n = rows * samples
     row_sh = sharding_lib.named_sharding(mesh, ("batch",), (n,))
 
     def lower_decode():
       with sharding_lib.use_mesh(mesh):
-        out = jax.eval_shape(lambda *a: gen_lib._prefill(graphdef, *a, **static), *args)
+        out = jax.eval_shape(lambda *a: gen_lib.prefill(graphdef, *a, **static), *args)
         cache_sh = _cache_shardings(out[0], mesh)
         cache = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), out[0], cache_sh)
         tok = jax.ShapeDtypeStruct((n,), jnp.int32, sharding=row_sh)
         lp = jax.ShapeDtypeStruct((n,), jnp.float32, sharding=row_sh)
-        return gen_lib._decode.lower(graphdef, state, cache, tok, lp, tok, with_rep(i32), with_rep(i32),
+        return gen_lib.decode_loop.lower(graphdef, state, cache, tok, lp, tok, with_rep(i32), with_rep(i32),
                                      with_rep(key), with_rep(f32), with_rep(i32), with_rep(f32),
                                      jax.ShapeDtypeStruct((2,), jnp.int32, sharding=rep), with_rep(i32),
                                      buffer=buffer, mode=mode, unroll_layers=unroll)
@@ -438,8 +438,8 @@ def build_programs(config, mesh) -> tuple[list[Program], dict]:
     # rollout FLOPs: prefill of the prompts, then one token per sample per step (forward only: 1/3 of training)
     fwd = host_flops(rows, length, rows * m, supervised=False) / 3.0
     per_token = metrics_lib.text_flops_per_token(cfg) + 2.0 * cfg.text.hidden_size * cfg.text.vocab_size
-    return [Program(f"{name}_prefill", lower_prefill, live_args=("train_state.params",), model_flops=fwd),
-            Program(f"{name}_decode", lower_decode, live_args=("train_state.params",),
+    return [Program(f"{name}prefill", lower_prefill, live_args=("train_state.params",), model_flops=fwd),
+            Program(f"{name}decode_loop", lower_decode, live_args=("train_state.params",),
                     model_flops=per_token * n * max_new)]
 
   programs += rollout("rollout", prompts, greedy=False)
