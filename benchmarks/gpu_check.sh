@@ -42,7 +42,8 @@ def peak_bytes():
 c = pretrain.get_config()
 c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, n, 1
 c.grad_accum_steps = 1
-c.batch_size = 4 * n  # 4 rows of 2048 tokens + 4 images of 5120 patches per GPU: the one-GPU recipe's microbatch
+c.batch_size = 8 * n  # 8 rows of 2048 tokens + 8 images of 5120 patches per GPU: the GPU recipes' microbatch
+#                       (128 / grad_accum_steps 16 on one GPU; README "The real 2B recipe")
 mesh = sharding_lib.make_mesh(1, n, 1)
 programs, live = aot.build_programs(c, mesh)
 train = next(p for p in programs if p.name == "train_step")

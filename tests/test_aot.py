@@ -18,6 +18,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The README's v5e-16 recipe flags (measured with this tool; see "Will it fit?").
 SFT_FLAGS = ["--config.mesh.fsdp=16", "--config.grad_accum_steps=2"]
+GRPO_FLAGS = SFT_FLAGS
+EVAL_FLAGS = ["--config.mesh.fsdp=16"]
+GPU_ACCUM = 16  # the README's one-GPU recipe: --config.grad_accum_steps=16 (microbatch 8)
 
 
 def aot_cli(*args):
@@ -25,6 +28,7 @@ def aot_cli(*args):
   which every later subprocess of a test run would inherit (and load libtpu again, 3 GB)."""
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)
+  env.pop("XLA_PYTHON_CLIENT_MEM_FRACTION", None)  # GPU capacity: JAX's default 75 %
   p = subprocess.run([sys.executable, "-m", "tinyrs_jax.tools.aot", *args], cwd=ROOT, env=env, capture_output=True,
                      text=True, timeout=1200)
   return p
@@ -36,14 +40,34 @@ def run(tmp_path, stage, *flags):
   return p.returncode, json.loads(out.read_text())
 
 
+N_PARAMS = 2_208_985_600  # the 2B preset
+
+
+@pytest.fixture(scope="module")
+def v5e_16(tmp_path_factory):
+  """Each stage's real config compiled once for a v5e-16 with the README's flags: stage -> (exit code, report).
+  pretrain stands for the three SFT stages (instruct and cot have its shapes and compile to the same programs);
+  each compile of the 2B takes one to two minutes on 2 cores."""
+  out = tmp_path_factory.mktemp("aot")
+  flags = {"pretrain": SFT_FLAGS, "grpo": GRPO_FLAGS, "eval": EVAL_FLAGS}
+  done = {}
+
+  def report(stage):
+    if stage not in done:
+      done[stage] = run(out, stage, *flags[stage])
+    return done[stage]
+  return report
+
+
+def programs(report):
+  return {p["name"]: p for p in report["programs"]}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["pretrain"])
-def test_sft_stages_fit_a_v5e_16(tmp_path, stage):
-  """The three SFT stages share their shapes and compile to the same programs: pretrain stands for them (each
-  compile of the 2B takes minutes on 2 cores)."""
-  code, report = run(tmp_path, stage, *SFT_FLAGS)
+def test_sft_stages_fit_a_v5e_16(v5e_16):
+  code, report = v5e_16("pretrain")
   assert code == 0 and report["fits"], report
-  progs = {p["name"]: p for p in report["programs"]}
+  progs = programs(report)
   assert set(progs) == {"train_step", "eval_step"}
   step = progs["train_step"]
   # the compiled memory, not the text of the lowering: fp32 params + Adam of 2.2B over 16 chips is 2.06 GiB of
@@ -52,6 +76,36 @@ def test_sft_stages_fit_a_v5e_16(tmp_path, stage):
   assert step["total"] <= step["capacity"] == int(15.75 * aot.GiB)
   assert step["aliased"] > 0  # the state is donated
   assert step["model_flops_per_chip"] > 1e14
+
+
+@pytest.mark.slow
+def test_grpo_fits_a_v5e_16(v5e_16):
+  """Every program of a GRPO step (rollout, reference scoring, update) and its held-out greedy evaluation."""
+  code, report = v5e_16("grpo")
+  assert code == 0 and report["fits"], report
+  progs = programs(report)
+  assert set(progs) == {"rollout_prefill", "rollout_decode", "ref_logps", "update", "eval_prefill", "eval_decode"}
+  for p in progs.values():
+    assert 0 < p["total"] <= p["capacity"], p
+  # a rollout runs beside what it does not take: the Adam moments (2 x fp32) and the bf16 reference, per chip
+  other = progs["rollout_prefill"]["other_live"]
+  assert abs(other - (2 * 4 + 2) * N_PARAMS / 16) < 0.02 * aot.GiB, other / aot.GiB
+  assert progs["rollout_decode"]["aliased"] > 0  # the KV cache is donated through decode
+  assert progs["update"]["aliased"] > 0  # and the train state through the update
+  # the reference model is scored in bf16: its arguments are a quarter of the fp32 update's params + moments
+  assert progs["ref_logps"]["arguments"] < 0.3 * progs["update"]["arguments"]
+
+
+@pytest.mark.slow
+def test_evaluation_fits_a_v5e_16(v5e_16):
+  """configs/eval.py: the greedy generation of the evaluator, with bf16 parameters only (no optimizer state)."""
+  code, report = v5e_16("eval")
+  assert code == 0 and report["fits"], report
+  progs = programs(report)
+  assert set(progs) == {"generate_prefill", "generate_decode"}
+  assert all(p["other_live"] == 0 for p in progs.values())  # nothing but the program's own arguments
+  assert progs["generate_decode"]["aliased"] > 0
+  assert progs["generate_prefill"]["arguments"] >= 2 * N_PARAMS / 16  # bf16 params, sharded over 16 chips
 
 
 def test_full_fine_tuning_on_one_v5e_chip_does_not_fit(tmp_path):
@@ -75,5 +129,59 @@ def test_targets_and_levers():
     aot.parse_target("a100x8")
   c = aot._load_config_module("configs/pretrain.py")
   order = [flags for flags, _ in aot.levers(c, aot.parse_target("v5e-16"))]
-  assert order[0] == {"mesh.fsdp": 16, "mesh.tensor": 1, "mesh.data": -1}  # remat is already full
+  assert order[0] == {"mesh.fsdp": 16}  # remat is already full; tensor 1 and data -1 are the defaults
   assert order[1]["grad_accum_steps"] == 2 and "data.max_pixels" in order[-1]
+  # evaluation has no gradients: fewer prompts per batch instead of microbatches
+  e = aot._load_config_module("configs/eval.py")
+  order = [flags for flags, _ in aot.levers(e, aot.parse_target("v5e-16"))]
+  assert [o.get("eval.batch_size") for o in order[:3]] == [None, 32, 16]
+  assert all("grad_accum_steps" not in o for o in order)
+
+
+def test_gpu_capacity_is_what_jax_preallocates(monkeypatch):
+  """A GPU compile never fails for size: the verdict compares with the share of memory JAX takes."""
+  monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION", raising=False)
+  assert aot.parse_target("h100x8").capacity == int(0.75 * aot.H100_BYTES)
+  monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", ".9")
+  assert aot.parse_target("h200x1").capacity == int(0.9 * aot.H200_BYTES)
+  assert aot.parse_target("v5e-16").capacity == int(15.75 * aot.GiB)  # TPU: what libtpu reports
+
+
+def test_one_gpu_recipe(tmp_path):
+  """The README's one-GPU flags fit an H100 and the defaults do not, with those flags as the suggestion. Needs the
+  optional gpu extra (jax[cuda12], 5.5 GB: not in the test extra); GPU compiles take seconds."""
+  import importlib.util
+  if importlib.util.find_spec("jax_cuda12_plugin") is None:
+    pytest.skip("GPU targets: the optional gpu extra (pip install -e \".[gpu]\") is not installed")
+  out = tmp_path / "h100.json"
+  p = aot_cli("--config=configs/pretrain.py", "--target=h100x1", "--only=train_step", f"--json={out}")
+  report = json.loads(out.read_text())
+  assert p.returncode == 1 and not report["fits"]
+  assert report["suggestion"]["flags"] == {"grad_accum_steps": GPU_ACCUM}, report["suggestion"]
+  (prog,) = report["suggestion"]["programs"]
+  assert prog["total"] <= prog["capacity"] == int(0.75 * aot.H100_BYTES)
+
+
+def test_fit_tables_markdown(tmp_path):
+  """benchmarks/fit_tables.py's summary: defaults that fit, the levers' flags (less what the config already
+  says), and a stage nothing fits."""
+  from benchmarks import fit_tables
+  prog = dict(name="train_step", fits=True, arguments=aot.GiB, outputs=0, temporaries=2 * aot.GiB, aliased=0,
+              other_live=0, total=3 * aot.GiB, capacity=int(0.75 * aot.H100_BYTES), flops_compiled=0.0,
+              model_flops_per_chip=989e12, mfu=0.0, compile_s=1.0, error="")
+  big = dict(prog, fits=False, total=90 * aot.GiB)
+  reports = {
+      "pretrain_h100x1": dict(config="configs/pretrain.py", fits=False, programs=[big], suggestion=dict(
+          flags={"mesh.fsdp": 1, "grad_accum_steps": 16}, programs=[prog])),
+      "pretrain_h100x8": dict(config="configs/pretrain.py", fits=True, programs=[prog], suggestion=None),
+      "grpo_h100x1": dict(config="configs/grpo.py", fits=False, programs=[dict(big, error="x", total=0)],
+                          suggestion=None)}
+  for name, r in reports.items():
+    (tmp_path / f"{name}.json").write_text(json.dumps(r))
+  md = fit_tables.markdown(str(tmp_path), ["pretrain", "grpo"], ["h100x1", "h100x8"])
+  rows = {line.split(" | ")[0].strip("| "): line for line in md.splitlines() if line.startswith("| h100")}
+  assert "`--config.grad_accum_steps=16` (3.00 of 59.33)" in rows["h100x1"]  # mesh.fsdp=1 is the default
+  assert "nothing from the standard levers fits" in rows["h100x1"]
+  assert "| defaults (3.00 of 59.33) | not run |" in rows["h100x8"]
+  assert "| train_step | 1.00 | 0.00 | 2.00 | 0.00 | 0.00 | **3.00** | 989 | 1.00 s |" in md
+  assert "the defaults do not fit (train_step; largest total 90.00 GiB)" in md

@@ -295,7 +295,8 @@ def test_step_never_builds_full_logits():
 
 def test_real_2b_recipe_lowers_on_an_fsdp_mesh():
   """The default pretrain config (2B, bf16, full remat, its optimizer) traces and lowers on a (1, 8, 1) mesh
-  from abstract shapes alone: nothing is allocated; parameters and Adam moments are sharded over fsdp."""
+  from abstract shapes alone: nothing is allocated; parameters and Adam moments are sharded over fsdp. (Its
+  compiled memory against a chip's capacity, for every stage: tests/test_aot.py.)"""
   import importlib.util
   import os
   spec = importlib.util.spec_from_file_location(

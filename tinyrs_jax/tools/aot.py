@@ -13,7 +13,9 @@ mesh (config.mesh), exactly the programs the trainer runs:
   GRPO         rollout_prefill / rollout_decode (sampling/generate.py's jitted parts, G samples per prompt),
                ref_logps (the scoring pass, grpo_trainer.make_score_fn, when beta > 0; old_logps too when
                num_iterations > 1), update (the train step with the registered "grpo" loss on the batch
-               grpo_trainer.train_step builds), eval_prefill / eval_decode (greedy held-out generation).
+               grpo_trainer.train_step builds), eval_prefill / eval_decode (greedy held-out generation);
+  evaluation   generate_prefill / generate_decode (configs/eval.py: eval.batch_size prompts, greedy, bf16
+               parameters only; data.max_pixels 0, "the checkpoint's own", is taken as the stages' 1280*28*28).
 Per chip it prints arguments, outputs, temporaries, aliased bytes and "other live": long-lived buffers the
 program does not take but which stay in device memory while it runs (the optimizer state during a rollout, the
 frozen reference model). total = arguments + outputs + temporaries - aliased + other live, against the chip's
@@ -21,12 +23,13 @@ capacity; FLOPs per step from the compiled program (cost_analysis; XLA counts a 
 layers are under-counted) and from the model's own count, and the MFU a step of --step_time seconds would
 reach. TPU: libtpu refuses a program above the chip's memory (RESOURCE_EXHAUSTED); that is reported as not
 fitting, with the bytes it asked for. GPU: a compile never fails for size; the total is compared with the
-device's memory (and with the 75 % JAX preallocates by default).
+share of the device's memory JAX preallocates: 75 % unless XLA_PYTHON_CLIENT_MEM_FRACTION (read here too) says
+otherwise.
 
 Exit status 0 when every program fits, 1 when one does not. When something does not fit, the standard levers
 are tried in order, each kept once tried: remat_policy=full, fsdp over all chips (of a slice), more
-microbatches (grad_accum_steps), a smaller image budget (data.max_pixels); the first configuration that fits is
-printed as the --config. flags to add.
+microbatches (grad_accum_steps; for evaluation, fewer prompts per batch: eval.batch_size), a smaller image budget
+(data.max_pixels); the first configuration that fits is printed as the --config. flags to add.
 """
 from __future__ import annotations
 
@@ -75,10 +78,16 @@ class Target:
   topology: str  # TPU: "v5e:4x4"; GPU: "partitions x hosts x devices per host", e.g. "1x1x8"
   chip: str  # key of CHIPS
   num_slices: int = 1
+  mem_fraction: float = 1.0  # GPU: the share of device memory JAX takes (XLA_PYTHON_CLIENT_MEM_FRACTION)
 
   @property
   def spec(self) -> "Chip":
     return CHIPS[self.chip]
+
+  @property
+  def capacity(self) -> int:
+    """Bytes a program may use per device: TPU, what libtpu reports; GPU, the share JAX preallocates."""
+    return int(self.spec.capacity * self.mem_fraction)
 
   @property
   def num_chips(self) -> int:
@@ -159,22 +168,31 @@ def parse_target(name: str) -> Target:
   """A named target (TARGETS), `<named>x<slices>` (multi-slice, e.g. v5e-16x2), `h100x16` (GPUs: 8 per host),
   or a raw TPU topology `v5e:4x8` (optionally `v5e:4x8/2` for 2 slices)."""
   if name in TARGETS:
-    return TARGETS[name]
+    t = TARGETS[name]
+    return _gpu_target(name, t.chip, t.num_chips) if t.platform == "cuda" else t
   m = re.fullmatch(r"(v[\w-]+-\d+)x(\d+)", name)
   if m and m.group(1) in TARGETS and TARGETS[m.group(1)].platform == "tpu":
     return dataclasses.replace(TARGETS[m.group(1)], name=name, num_slices=int(m.group(2)))
   m = re.fullmatch(r"(h100|h200)x(\d+)", name)
   if m:
-    n = int(m.group(2))
-    hosts, per_host = (1, n) if n <= 8 else (n // 8, 8)
-    if hosts * per_host != n:
-      raise ValueError(f"{name}: more than 8 GPUs come as whole hosts of 8")
-    return Target(name, "cuda", f"1x{hosts}x{per_host}", m.group(1))
+    return _gpu_target(name, m.group(1), int(m.group(2)))
   m = re.fullmatch(r"(v\w+):([\dx]+)(?:/(\d+))?", name)
   if m and m.group(1) in _TOPOLOGY_CHIP:
     return Target(name, "tpu", f"{m.group(1)}:{m.group(2)}", _TOPOLOGY_CHIP[m.group(1)], int(m.group(3) or 1))
   raise ValueError(f"unknown target {name!r}; named: {sorted(TARGETS)}, or <tpu target>x<slices> (v5e-16x2), "
                    "h100x<n> / h200x<n>, or a raw TPU topology such as v5e:4x8 (v5e:4x8/2 for two slices)")
+
+
+def gpu_mem_fraction() -> float:
+  """What JAX will preallocate on a GPU: XLA_PYTHON_CLIENT_MEM_FRACTION, else its default 75 %."""
+  return float(os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "") or 0.75)
+
+
+def _gpu_target(name: str, chip: str, n: int) -> Target:
+  hosts, per_host = (1, n) if n <= 8 else (n // 8, 8)
+  if hosts * per_host != n:
+    raise ValueError(f"{name}: more than 8 GPUs come as whole hosts of 8")
+  return Target(name, "cuda", f"1x{hosts}x{per_host}", chip, mem_fraction=gpu_mem_fraction())
 
 
 _DEVICES: dict = {}
@@ -183,9 +201,10 @@ _DEVICES: dict = {}
 def target_devices(target: Target) -> list:
   """Compile-only devices of the target (needs libtpu for TPU, jax[cuda12] for GPU), made once per process:
   programs traced for one mesh must meet the same device objects when the levers rebuild it."""
-  if target not in _DEVICES:
-    _DEVICES[target] = _make_devices(target)
-  return _DEVICES[target]
+  key = (target.platform, target.topology, target.chip, target.num_slices)
+  if key not in _DEVICES:
+    _DEVICES[key] = _make_devices(target)
+  return _DEVICES[key]
 
 
 def _make_devices(target: Target) -> list:
@@ -269,9 +288,20 @@ def _load_config_module(path: str):
   return mod.get_config(arg or None)
 
 
+RECIPE_PIXELS = (512 * 28 * 28, 1280 * 28 * 28)  # configs/common.py: what the stages train at
+
+
+def image_pixels(config) -> tuple[int, int]:
+  """(min_pixels, max_pixels) of the stage; evaluation's 0 ("the checkpoint's own") is what our stages train at
+  and write into their checkpoints (set data.max_pixels to evaluate at another budget)."""
+  lo, hi = int(config.data.min_pixels), int(config.data.max_pixels)
+  return lo or min(RECIPE_PIXELS[0], hi or RECIPE_PIXELS[1]), hi or RECIPE_PIXELS[1]
+
+
 def _image_cfg(config):
   from tinyrs_jax.data.image_processor import ImageProcessorConfig
-  return ImageProcessorConfig(min_pixels=int(config.data.min_pixels), max_pixels=int(config.data.max_pixels))
+  lo, hi = image_pixels(config)
+  return ImageProcessorConfig(min_pixels=lo, max_pixels=hi)
 
 
 class _ImagesOnly:
@@ -313,7 +343,8 @@ def build_programs(config, mesh) -> tuple[list[Program], dict]:
   cfg = presets.get_preset(config.model.preset)
   model = state_lib.make_model(cfg, dtype=config.model.dtype, param_dtype=config.model.get("param_dtype", "float32"),
                                remat_policy=config.model.get("remat_policy", "none"))
-  grpo = config.trainer == "grpo"
+  if config.trainer not in ("sft", "grpo", "eval"):
+    raise ValueError(f"tools/aot knows the trainers sft, grpo and eval, not {config.trainer!r}")
   opt = optim_lib.make_optimizer(config.optim, model.abstract_params, 1000)
   sh = state_lib.state_shardings(model, opt, mesh)
   abstract = state_lib.abstract_state(model, opt, sh)
@@ -358,7 +389,7 @@ def build_programs(config, mesh) -> tuple[list[Program], dict]:
 
   live = {"train_state": abstract}
   programs: list[Program] = []
-  if not grpo:
+  if config.trainer == "sft":
     loss_cfg = config.loss
     kwargs = {k: v for k, v in loss_cfg.items() if k != "name"}
     loss = losses_lib.get_loss(loss_cfg.name)
@@ -383,35 +414,22 @@ def build_programs(config, mesh) -> tuple[list[Program], dict]:
                             model_flops=host_flops(eval_rows, length, eval_rows * m) / 3.0))
     return programs, live
 
-  # ---------------------------------------------------------------------------------------------- GRPO
-  from tinyrs_jax.train import grpo_trainer
-  g = config.grpo
-  group, max_new = int(g.num_generations), int(g.max_new_tokens)
-  prompts = config.batch_size
-  input_lib.check_batch_split(prompts, data_axes, 1, "batch_size (prompts per step)")
-  buffer = batch_lib.round_up_to_bucket(max_new, gen_lib.NEW_TOKEN_BUCKETS)
-  beta = float(g.beta)
-  mu = int(g.num_iterations)
+  # ------------------------------------------------------------------------- generation (GRPO, evaluation)
   compute_dtype = jnp.bfloat16 if str(config.model.dtype) in ("bfloat16", "bf16") else jnp.float32
-  if beta != 0:  # the frozen reference policy, held in the compute dtype, sharded like the params
-    live["ref_params"] = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, compute_dtype, sharding=s),
-                                      model.abstract_params, sh.params)
-
-  policy = model.merge(jax.tree.map(lambda a: a, abstract.params))  # abstract params (with shardings)
-  graphdef, state = nnx.split(policy)
   key = jax.eval_shape(lambda: jax.random.key(0))
   f32, i32 = jax.ShapeDtypeStruct((), jnp.float32), jax.ShapeDtypeStruct((), jnp.int32)
   rep = state_lib.replicated(mesh)
   with_rep = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep)  # noqa: E731
   unroll = False  # TPU / GPU: decode scans the stacked layers (no weight copy)
 
-  def rollout(name, rows, greedy):
+  def rollout(name, params, live_arg, rows, *, samples, max_new, mode):
+    """prefill + decode_loop of sampling/generate.py for `rows` prompts x `samples`, `max_new` new tokens."""
+    graphdef, state = nnx.split(model.merge(params))
+    buffer = batch_lib.round_up_to_bucket(max_new, gen_lib.NEW_TOKEN_BUCKETS)
     prompt = {"input_ids": sds((rows, length), jnp.int32), "attention_mask": sds((rows, length), jnp.int32),
               "pixel_values": sds((rows * m, patches, patch_dim), jnp.float32),
               "image_grid_thw": sds((rows * m, 3), jnp.int32)}
     b, _ = placed(prompt, False)
-    samples = 1 if greedy else group
-    mode = "greedy" if greedy else ("sample" if int(g.top_k) == 0 and float(g.top_p) >= 1.0 else "sample_filtered")
     args = (state, b["input_ids"], b["attention_mask"], b["pixel_values"], b["image_grid_thw"], with_rep(key),
             with_rep(f32), with_rep(i32), with_rep(f32))
     static = dict(cache_size=length + buffer, num_samples=samples, mode=mode)
@@ -431,18 +449,39 @@ def build_programs(config, mesh) -> tuple[list[Program], dict]:
         tok = jax.ShapeDtypeStruct((n,), jnp.int32, sharding=row_sh)
         lp = jax.ShapeDtypeStruct((n,), jnp.float32, sharding=row_sh)
         return gen_lib.decode_loop.lower(graphdef, state, cache, tok, lp, tok, with_rep(i32), with_rep(i32),
-                                     with_rep(key), with_rep(f32), with_rep(i32), with_rep(f32),
-                                     jax.ShapeDtypeStruct((2,), jnp.int32, sharding=rep), with_rep(i32),
-                                     buffer=buffer, mode=mode, unroll_layers=unroll)
+                                         with_rep(key), with_rep(f32), with_rep(i32), with_rep(f32),
+                                         jax.ShapeDtypeStruct((2,), jnp.int32, sharding=rep), with_rep(i32),
+                                         buffer=buffer, mode=mode, unroll_layers=unroll)
 
     # rollout FLOPs: prefill of the prompts, then one token per sample per step (forward only: 1/3 of training)
     fwd = host_flops(rows, length, rows * m, supervised=False) / 3.0
     per_token = metrics_lib.text_flops_per_token(cfg) + 2.0 * cfg.text.hidden_size * cfg.text.vocab_size
-    return [Program(f"{name}prefill", lower_prefill, live_args=("train_state.params",), model_flops=fwd),
-            Program(f"{name}decode_loop", lower_decode, live_args=("train_state.params",),
-                    model_flops=per_token * n * max_new)]
+    return [Program(f"{name}_prefill", lower_prefill, live_args=(live_arg,), model_flops=fwd),
+            Program(f"{name}_decode", lower_decode, live_args=(live_arg,), model_flops=per_token * n * max_new)]
 
-  programs += rollout("rollout", prompts, greedy=False)
+  if config.trainer == "eval":  # the evaluator: parameters only, cast once to the compute dtype, greedy answers
+    e = config.eval
+    params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, compute_dtype, sharding=s),
+                          model.abstract_params, sh.params)
+    rows = int(e.batch_size)
+    input_lib.check_batch_split(rows, data_axes, 1, "eval.batch_size")
+    return rollout("generate", params, "params", rows, samples=1, max_new=int(e.max_new_tokens),
+                   mode="greedy"), {"params": params}
+
+  # ---------------------------------------------------------------------------------------------- GRPO
+  from tinyrs_jax.train import grpo_trainer
+  g = config.grpo
+  group, max_new = int(g.num_generations), int(g.max_new_tokens)
+  prompts = config.batch_size
+  input_lib.check_batch_split(prompts, data_axes, 1, "batch_size (prompts per step)")
+  beta = float(g.beta)
+  mu = int(g.num_iterations)
+  if beta != 0:  # the frozen reference policy, held in the compute dtype, sharded like the params
+    live["ref_params"] = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, compute_dtype, sharding=s),
+                                      model.abstract_params, sh.params)
+  sample_mode = "sample" if int(g.top_k) == 0 and float(g.top_p) >= 1.0 else "sample_filtered"
+  programs += rollout("rollout", abstract.params, "train_state.params", prompts, samples=group, max_new=max_new,
+                      mode=sample_mode)
   pm = prompts // accum
   n_micro = pm * group
   grpo_batch = {"prompt_ids": sds((pm, length), jnp.int32), "prompt_mask": sds((pm, length), jnp.int32),
@@ -474,7 +513,8 @@ def build_programs(config, mesh) -> tuple[list[Program], dict]:
                           live_args=("train_state",), model_flops=3.0 * score_flops))
   eval_rows = int(config.eval.get("batch_size", 0) or config.batch_size)
   input_lib.check_batch_split(eval_rows, data_axes, 1, "eval batch size")
-  programs += rollout("eval", eval_rows, greedy=True)
+  programs += rollout("eval", abstract.params, "train_state.params", eval_rows, samples=1, max_new=max_new,
+                      mode="greedy")
   return programs, live
 
 
@@ -500,7 +540,7 @@ def _bytes_in(msg: str) -> str:
 
 def compile_program(p: Program, target: Target, live_bytes: dict[str, int], step_time: float,
                     log: Callable[[str], None] = print) -> Result:
-  cap = target.spec.capacity
+  cap = target.capacity
   other = sum(v for k, v in live_bytes.items()
               if not any(k == a or k.startswith(a + ".") for a in p.live_args))
   # a program that takes the params only still lives beside the optimizer state
@@ -584,12 +624,21 @@ def levers(config, target: Target):
     flags["model.remat_policy"] = "full"
     yield dict(flags), copy.deepcopy(c)
   if int(c.mesh.fsdp) != chips_per_slice or int(c.mesh.tensor) != 1:
-    c.mesh.fsdp, c.mesh.tensor, c.mesh.data = chips_per_slice, 1, -1
-    flags.update({"mesh.fsdp": chips_per_slice, "mesh.tensor": 1, "mesh.data": -1})
+    for axis, size in (("fsdp", chips_per_slice), ("tensor", 1), ("data", -1)):
+      if int(c.mesh[axis]) != size:  # only what changes becomes a flag
+        c.mesh[axis] = size
+        flags[f"mesh.{axis}"] = size
     yield dict(flags), copy.deepcopy(c)
   data_axes = target.num_chips  # fsdp x data over all chips now
+  if c.trainer == "eval":  # no gradients: fewer prompts per generation batch instead of microbatches
+    rows = int(c.eval.batch_size)
+    while rows % 2 == 0 and (rows // 2) % data_axes == 0:
+      rows //= 2
+      c.eval.batch_size = rows
+      flags["eval.batch_size"] = rows
+      yield dict(flags), copy.deepcopy(c)
   accum = int(c.get("grad_accum_steps", 1))
-  while True:
+  while c.trainer != "eval":
     accum *= 2
     if c.batch_size % accum or (c.batch_size // accum) % data_axes:
       break
@@ -629,9 +678,18 @@ def table(results: list[Result], target: Target, step_time: float) -> str:
                  f"{r.model_flops_per_chip / 1e9:>11.0f} {r.model_flops_per_chip / peak:>6.2f}s {r.mfu:>9.1%}  "
                  f"{'fits' if r.fits else 'DOES NOT FIT'}")
   if target.platform == "cuda":
-    lines.append(f"(GPU: JAX preallocates 75 % = {_fmt(0.75 * target.spec.capacity)} by default; set "
-                 "XLA_PYTHON_CLIENT_MEM_FRACTION=.95 when a total is above that)")
+    lines.append(f"(GPU: capacity is the {target.mem_fraction:.0%} of {_fmt(target.spec.capacity)} JAX preallocates "
+                 "(XLA_PYTHON_CLIENT_MEM_FRACTION, default .75); run the job with the same setting)")
   return "\n".join(lines)
+
+
+def batch_line(config) -> str:
+  if config.trainer == "eval":
+    return f"eval batch {config.eval.batch_size} prompts, {config.eval.max_new_tokens} new tokens"
+  line = f"batch {config.batch_size} / grad_accum {config.get('grad_accum_steps', 1)}"
+  if config.trainer == "grpo":
+    line += f", G {config.grpo.num_generations}, {config.grpo.max_new_tokens} new tokens"
+  return line
 
 
 def as_flags(flags: dict) -> str:
@@ -668,10 +726,10 @@ def _main(argv=None) -> int:
   import jax
   jax.config.update("jax_platforms", "cpu")
   only = tuple(x for x in args.only.split(",") if x)
-  print(f"{args.config} on {target.name} ({target.num_chips} x {target.spec.kind}, {_fmt(target.spec.capacity)} "
-        f"each), mesh data={config.mesh.data} fsdp={config.mesh.fsdp} tensor={config.mesh.tensor}, batch "
-        f"{config.batch_size} / grad_accum {config.get('grad_accum_steps', 1)}, remat {config.model.remat_policy}, "
-        f"max_pixels {config.data.max_pixels}", flush=True)
+  print(f"{args.config} on {target.name} ({target.num_chips} x {target.spec.kind}, {_fmt(target.capacity)} "
+        f"each), mesh data={config.mesh.data} fsdp={config.mesh.fsdp} tensor={config.mesh.tensor}, "
+        f"{batch_line(config)}, remat {config.model.remat_policy}, "
+        f"max_pixels {image_pixels(config)[1]}", flush=True)
   print(f"  shapes: {stage_shapes(config)}", flush=True)
   results = run(config, target, step_time=args.step_time, only=only)
   print(table(results, target, args.step_time))
