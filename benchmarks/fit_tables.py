@@ -126,12 +126,11 @@ def markdown(out: str, stages, targets) -> str:
       if r is None:
         continue
       flags, progs = fitting(r)
-      default_peak = max((p["total"] for p in r["programs"] if not p["error"]), default=0)
-      refused = [p["name"] for p in r["programs"] if p["error"] or not p["fits"]]
+      over = [f"{p['name']} ({'refused by the compiler' if p['error'] else _gib(p['total']) + ' GiB'})"
+              for p in r["programs"] if p["error"] or not p["fits"]]
       head = f"`configs/{stage}.py` ({WHAT[stage]}): {flags_text(flags)}"
-      if refused:
-        head += (f"; the defaults do not fit ({', '.join(refused)}"
-                 + (f"; largest total {_gib(default_peak)} GiB" if default_peak else "") + ")")
+      if over:
+        head += f"; the defaults do not fit: {', '.join(over)}"
       lines += [head, ""] + program_table(progs, t) + [""]
   return "\n".join(lines).rstrip() + "\n"
 
