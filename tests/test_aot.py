@@ -59,17 +59,19 @@ def v5e_16(tmp_path_factory):
   return report
 
 
-def programs(report):
-  return {p["name"]: p for p in report["programs"]}
+def fitting_programs(v5e_16, stage, names):
+  """The stage's programs by name, after checking that the tool exits 0, says everything fits, and compiled
+  exactly `names`."""
+  code, report = v5e_16(stage)
+  assert code == 0 and report["fits"], report
+  progs = {p["name"]: p for p in report["programs"]}
+  assert set(progs) == set(names)
+  return progs
 
 
 @pytest.mark.slow
 def test_sft_stages_fit_a_v5e_16(v5e_16):
-  code, report = v5e_16("pretrain")
-  assert code == 0 and report["fits"], report
-  progs = programs(report)
-  assert set(progs) == {"train_step", "eval_step"}
-  step = progs["train_step"]
+  step = fitting_programs(v5e_16, "pretrain", ["train_step", "eval_step"])["train_step"]
   # the compiled memory, not the text of the lowering: fp32 params + Adam of 2.2B over 16 chips is 2.06 GiB of
   # arguments; full remat keeps the per-chip total well under the 15.75 GiB a v5e offers
   assert 1.5 * aot.GiB < step["arguments"] < 3 * aot.GiB
@@ -81,10 +83,8 @@ def test_sft_stages_fit_a_v5e_16(v5e_16):
 @pytest.mark.slow
 def test_grpo_fits_a_v5e_16(v5e_16):
   """Every program of a GRPO step (rollout, reference scoring, update) and its held-out greedy evaluation."""
-  code, report = v5e_16("grpo")
-  assert code == 0 and report["fits"], report
-  progs = programs(report)
-  assert set(progs) == {"rollout_prefill", "rollout_decode", "ref_logps", "update", "eval_prefill", "eval_decode"}
+  progs = fitting_programs(v5e_16, "grpo", ["rollout_prefill", "rollout_decode", "ref_logps", "update",
+                                            "eval_prefill", "eval_decode"])
   for p in progs.values():
     assert 0 < p["total"] <= p["capacity"], p
   # a rollout runs beside what it does not take: the Adam moments (2 x fp32) and the bf16 reference, per chip
@@ -99,13 +99,11 @@ def test_grpo_fits_a_v5e_16(v5e_16):
 @pytest.mark.slow
 def test_evaluation_fits_a_v5e_16(v5e_16):
   """configs/eval.py: the greedy generation of the evaluator, with bf16 parameters only (no optimizer state)."""
-  code, report = v5e_16("eval")
-  assert code == 0 and report["fits"], report
-  progs = programs(report)
-  assert set(progs) == {"generate_prefill", "generate_decode"}
+  progs = fitting_programs(v5e_16, "eval", ["generate_prefill", "generate_decode"])
   assert all(p["other_live"] == 0 for p in progs.values())  # nothing but the program's own arguments
   assert progs["generate_decode"]["aliased"] > 0
-  assert progs["generate_prefill"]["arguments"] >= 2 * N_PARAMS / 16  # bf16 params, sharded over 16 chips
+  # bf16 params only (data-parallel by default: each chip holds them whole), no fp32 copy
+  assert 2 * N_PARAMS <= progs["generate_prefill"]["arguments"] < 3 * N_PARAMS
 
 
 def test_full_fine_tuning_on_one_v5e_chip_does_not_fit(tmp_path):
