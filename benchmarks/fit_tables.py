@@ -30,6 +30,7 @@ WHAT = {"pretrain": "pretrain, instruct, cot", "grpo": "grpo", "eval": "eval"}
 
 
 def compile_all(out: str, stages, targets, gpu_python: str) -> None:
+  out = os.path.abspath(out)  # the tool runs in the repository root
   os.makedirs(out, exist_ok=True)
   for target in targets:
     py = gpu_python if aot.parse_target(target).platform == "cuda" else sys.executable
@@ -106,7 +107,6 @@ def markdown(out: str, stages, targets) -> str:
            "| target | " + " | ".join(WHAT[s] for s in stages) + " |",
            "|---|" + "---|" * len(stages)]
   for target in targets:
-    t = aot.parse_target(target)
     cells = []
     for stage in stages:
       r = reports.get((stage, target))
@@ -115,12 +115,16 @@ def markdown(out: str, stages, targets) -> str:
         continue
       flags, progs = fitting(r)
       peak = max((p["total"] for p in progs if not p["error"]), default=0)
-      cells.append(f"{flags_text(flags)} ({_gib(peak)} of {_gib(t.capacity)})" if flags is not None
+      cells.append(f"{flags_text(flags)} ({_gib(peak)} of {_gib(progs[0]['capacity'])})" if flags is not None
                    else flags_text(flags))
     lines.append(f"| {target} | " + " | ".join(cells) + " |")
   for target in targets:
     t = aot.parse_target(target)
-    lines += ["", f"## {target}: {t.num_chips} x {t.spec.kind}, {_gib(t.capacity)} GiB per chip", ""]
+    done = [r for (_, tg), r in reports.items() if tg == target]
+    if not done:
+      continue
+    capacity = done[0]["programs"][0]["capacity"]  # as the compile saw it (GPU: its memory fraction)
+    lines += ["", f"## {target}: {t.num_chips} x {t.spec.kind}, {_gib(capacity)} GiB per chip", ""]
     for stage in stages:
       r = reports.get((stage, target))
       if r is None:

@@ -3,14 +3,16 @@
 #
 #   bash benchmarks/gpu_check.sh [STEPS]           # on the GPU machine, from the repository root
 #
-# Prints, for Qwen2-VL-2B in bf16 (random weights: no checkpoint needed) at the pretrain recipe's per-GPU
-# microbatch on this machine's devices:
+# Prints, for Qwen2-VL-2B in bf16 (random weights: no checkpoint needed) at the one-GPU recipe's microbatch on
+# this machine's devices:
 #   - SFT: the compiled train step's predicted memory (tools/aot's numbers for this device: arguments + outputs
 #     + temporaries - aliased) against what the device reports (memory_stats() peak_bytes_in_use), the step time
 #     and the MFU (model FLOPs as the trainer counts them / time / the device's bf16 peak);
 #   - GRPO rollout: completion tokens/s of generate() with G samples per prompt (prefill + decode, greedy-free
 #     sampling at temperature 1), and its memory peak.
-# Settings: the README's "one GPU" recipe flags (MICRO, GRAD_ACCUM are per-device numbers here).
+# Settings: one microbatch of the one-H100 recipe (8 rows per GPU: --config.grad_accum_steps=16), on an fsdp mesh
+# over every GPU present; tools/aot's prediction is for exactly that program. The 8-GPU box's defaults run 16
+# rows per GPU data-parallel instead (README, "The real 2B recipe").
 set -euo pipefail
 STEPS="${1:-5}"
 export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-.95}"
@@ -42,8 +44,8 @@ def peak_bytes():
 c = pretrain.get_config()
 c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, n, 1
 c.grad_accum_steps = 1
-c.batch_size = 8 * n  # 8 rows of 2048 tokens + 8 images of 5120 patches per GPU: the GPU recipes' microbatch
-#                       (128 / grad_accum_steps 16 on one GPU; README "The real 2B recipe")
+c.batch_size = 8 * n  # 8 rows of 2048 tokens + 8 images of 5120 patches per GPU: the one-H100 recipe's microbatch
+#                       (128 / grad_accum_steps 16; README "The real 2B recipe")
 mesh = sharding_lib.make_mesh(1, n, 1)
 programs, live = aot.build_programs(c, mesh)
 train = next(p for p in programs if p.name == "train_step")

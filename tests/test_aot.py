@@ -134,6 +134,8 @@ def test_targets_and_levers():
   order = [flags for flags, _ in aot.levers(e, aot.parse_target("v5e-16"))]
   assert [o.get("eval.batch_size") for o in order[:3]] == [None, 32, 16]
   assert all("grad_accum_steps" not in o for o in order)
+  # then smaller images, below the budget its 0 ("the checkpoint's own") stands for: 1280*28*28
+  assert [o.get("data.max_pixels") for o in order[3:]] == ["1024*28*28", "768*28*28", "512*28*28", "256*28*28"]
 
 
 def test_gpu_capacity_is_what_jax_preallocates(monkeypatch):
@@ -160,7 +162,7 @@ def test_one_gpu_recipe(tmp_path):
   assert prog["total"] <= prog["capacity"] == int(0.75 * aot.H100_BYTES)
 
 
-def test_fit_tables_markdown(tmp_path):
+def test_fit_tables_markdown(tmp_path, monkeypatch):
   """benchmarks/fit_tables.py's summary: defaults that fit, the levers' flags (less what the config already
   says), and a stage nothing fits."""
   from benchmarks import fit_tables
@@ -176,6 +178,7 @@ def test_fit_tables_markdown(tmp_path):
                           suggestion=None)}
   for name, r in reports.items():
     (tmp_path / f"{name}.json").write_text(json.dumps(r))
+  monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", ".92")  # capacities come from the reports, not from here
   md = fit_tables.markdown(str(tmp_path), ["pretrain", "grpo"], ["h100x1", "h100x8"])
   rows = {line.split(" | ")[0].strip("| "): line for line in md.splitlines() if line.startswith("| h100")}
   assert "`--config.grad_accum_steps=16` (3.00 of 59.33)" in rows["h100x1"]  # mesh.fsdp=1 is the default

@@ -78,7 +78,7 @@ class Target:
   topology: str  # TPU: "v5e:4x4"; GPU: "partitions x hosts x devices per host", e.g. "1x1x8"
   chip: str  # key of CHIPS
   num_slices: int = 1
-  mem_fraction: float = 1.0  # GPU: the share of device memory JAX takes (XLA_PYTHON_CLIENT_MEM_FRACTION)
+  mem_fraction: float = 0.0  # GPU: the share of device memory JAX takes; 0: XLA_PYTHON_CLIENT_MEM_FRACTION or .75
 
   @property
   def spec(self) -> "Chip":
@@ -87,7 +87,9 @@ class Target:
   @property
   def capacity(self) -> int:
     """Bytes a program may use per device: TPU, what libtpu reports; GPU, the share JAX preallocates."""
-    return int(self.spec.capacity * self.mem_fraction)
+    if self.platform != "cuda":
+      return self.spec.capacity
+    return int(self.spec.capacity * (self.mem_fraction or gpu_mem_fraction()))
 
   @property
   def num_chips(self) -> int:
@@ -169,7 +171,7 @@ def parse_target(name: str) -> Target:
   or a raw TPU topology `v5e:4x8` (optionally `v5e:4x8/2` for 2 slices)."""
   if name in TARGETS:
     t = TARGETS[name]
-    return _gpu_target(name, t.chip, t.num_chips) if t.platform == "cuda" else t
+    return t
   m = re.fullmatch(r"(v[\w-]+-\d+)x(\d+)", name)
   if m and m.group(1) in TARGETS and TARGETS[m.group(1)].platform == "tpu":
     return dataclasses.replace(TARGETS[m.group(1)], name=name, num_slices=int(m.group(2)))
@@ -192,7 +194,7 @@ def _gpu_target(name: str, chip: str, n: int) -> Target:
   hosts, per_host = (1, n) if n <= 8 else (n // 8, 8)
   if hosts * per_host != n:
     raise ValueError(f"{name}: more than 8 GPUs come as whole hosts of 8")
-  return Target(name, "cuda", f"1x{hosts}x{per_host}", chip, mem_fraction=gpu_mem_fraction())
+  return Target(name, "cuda", f"1x{hosts}x{per_host}", chip)
 
 
 _DEVICES: dict = {}
@@ -355,7 +357,8 @@ def build_programs(config, mesh) -> tuple[list[Program], dict]:
     raise ValueError(f"batch_size {config.batch_size} not divisible by grad_accum_steps {accum}")
   micro = config.batch_size // accum
   data_axes = mesh.shape["data"] * mesh.shape["fsdp"]
-  input_lib.check_batch_split(micro, data_axes, 1, "microbatch (batch_size / grad_accum_steps)")
+  if config.trainer != "eval":  # evaluation has no training batch; eval.batch_size is checked below
+    input_lib.check_batch_split(micro, data_axes, 1, "microbatch (batch_size / grad_accum_steps)")
   patch_dim = cfg.vision.patch_dim
   trainable = opt.trainable
 
@@ -647,10 +650,11 @@ def levers(config, target: Target):
     yield dict(flags), copy.deepcopy(c)
   for blocks in (1024, 768, 512, 256):
     px = blocks * 28 * 28
-    if px >= int(c.data.max_pixels):
+    lo, hi = image_pixels(c)  # evaluation's 0 is the stages' budget, not "no limit"
+    if px >= hi:
       continue
     c.data.max_pixels = px
-    if int(c.data.min_pixels) > px:
+    if lo > px:
       c.data.min_pixels = px
       flags["data.min_pixels"] = f"{blocks}*28*28"
     flags["data.max_pixels"] = f"{blocks}*28*28"
@@ -678,7 +682,7 @@ def table(results: list[Result], target: Target, step_time: float) -> str:
                  f"{r.model_flops_per_chip / 1e9:>11.0f} {r.model_flops_per_chip / peak:>6.2f}s {r.mfu:>9.1%}  "
                  f"{'fits' if r.fits else 'DOES NOT FIT'}")
   if target.platform == "cuda":
-    lines.append(f"(GPU: capacity is the {target.mem_fraction:.0%} of {_fmt(target.spec.capacity)} JAX preallocates "
+    lines.append(f"(GPU: capacity is the {target.capacity / target.spec.capacity:.0%} of {_fmt(target.spec.capacity)} JAX preallocates "
                  "(XLA_PYTHON_CLIENT_MEM_FRACTION, default .75); run the job with the same setting)")
   return "\n".join(lines)
 
