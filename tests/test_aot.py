@@ -20,6 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SFT_FLAGS = ["--config.mesh.fsdp=16", "--config.grad_accum_steps=2"]
 GRPO_FLAGS = SFT_FLAGS
 EVAL_FLAGS: list[str] = []  # the defaults fit (13.35 of 15.75 GiB)
+LOGLIK_FLAGS = ["--config.eval.mc_mode=loglik", "--config.mesh.fsdp=16", "--config.eval.batch_size=32"]
 GPU_ACCUM = 16  # the README's one-GPU recipe: --config.grad_accum_steps=16 (microbatch 8)
 
 
@@ -49,12 +50,13 @@ def v5e_16(tmp_path_factory):
   pretrain stands for the three SFT stages (instruct and cot have its shapes and compile to the same programs);
   each compile of the 2B takes one to two minutes on 2 cores."""
   out = tmp_path_factory.mktemp("aot")
-  flags = {"pretrain": SFT_FLAGS, "grpo": GRPO_FLAGS, "eval": EVAL_FLAGS}
+  flags = {"pretrain": SFT_FLAGS, "grpo": GRPO_FLAGS, "eval": EVAL_FLAGS, "eval_loglik": LOGLIK_FLAGS}
   done = {}
 
   def report(stage):
     if stage not in done:
-      done[stage] = run(out, stage, *flags[stage])
+      (out / stage).mkdir()
+      done[stage] = run(out / stage, stage.split("_")[0], *flags[stage])
     return done[stage]
   return report
 
@@ -187,3 +189,11 @@ def test_fit_tables_markdown(tmp_path, monkeypatch):
   assert "| train_step | 1.00 | 0.00 | 2.00 | 0.00 | 0.00 | **3.00** | 989 | 1.00 s |" in md
   assert "the defaults do not fit: train_step (90.00 GiB)" in md
   assert "nothing from the standard levers fits; the defaults do not fit: train_step (refused by the compiler)" in md
+
+
+@pytest.mark.slow
+def test_loglik_evaluation_fits_a_v5e_16(v5e_16):
+  """eval.mc_mode=loglik adds the options' teacher-forced scoring pass, which needs fsdp and 32 prompts per batch."""
+  progs = fitting_programs(v5e_16, "eval_loglik", ["generate_prefill", "generate_decode", "option_logprobs"])
+  assert progs["option_logprobs"]["other_live"] == 0 and progs["option_logprobs"]["aliased"] == 0
+  assert progs["option_logprobs"]["arguments"] < 2 * N_PARAMS / 16 + 0.2 * aot.GiB  # bf16 params over 16 chips

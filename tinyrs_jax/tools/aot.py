@@ -15,7 +15,8 @@ mesh (config.mesh), exactly the programs the trainer runs:
                num_iterations > 1), update (the train step with the registered "grpo" loss on the batch
                grpo_trainer.train_step builds), eval_prefill / eval_decode (greedy held-out generation);
   evaluation   generate_prefill / generate_decode (configs/eval.py: eval.batch_size prompts, greedy, bf16
-               parameters only; data.max_pixels 0, "the checkpoint's own", is taken as the stages' 1280*28*28).
+               parameters only; data.max_pixels 0, "the checkpoint's own", is taken as the stages' 1280*28*28),
+               and option_logprobs with eval.mc_mode=loglik (4 options of up to 16 tokens per prompt).
 Per chip it prints arguments, outputs, temporaries, aliased bytes and "other live": long-lived buffers the
 program does not take but which stay in device memory while it runs (the optimizer state during a rollout, the
 frozen reference model). total = arguments + outputs + temporaries - aliased + other live, against the chip's
@@ -291,6 +292,7 @@ def _load_config_module(path: str):
 
 
 RECIPE_PIXELS = (512 * 28 * 28, 1280 * 28 * 28)  # configs/common.py: what the stages train at
+MC_OPTIONS, MC_OPTION_TOKENS = 4, 16  # evaluation with mc_mode=loglik: the options compiled per prompt
 
 
 def image_pixels(config) -> tuple[int, int]:
@@ -462,14 +464,32 @@ def build_programs(config, mesh) -> tuple[list[Program], dict]:
     return [Program(f"{name}_prefill", lower_prefill, live_args=(live_arg,), model_flops=fwd),
             Program(f"{name}_decode", lower_decode, live_args=(live_arg,), model_flops=per_token * n * max_new)]
 
+  def option_scoring(params, rows):
+    """evaluator.option_scores' pass: every prompt with its MC_OPTIONS options of up to MC_OPTION_TOKENS tokens
+    (a benchmark's own count and width set the real shape; these are LHRS-Bench's A-D with room to spare)."""
+    k, width = MC_OPTIONS, MC_OPTION_TOKENS
+    batch = {"prompt_ids": sds((rows, length), jnp.int32), "prompt_mask": sds((rows, length), jnp.int32),
+             "pixel_values": sds((rows * m, patches, patch_dim), jnp.float32),
+             "image_grid_thw": sds((rows * m, 3), jnp.int32), "completion_ids": sds((rows * k, width), jnp.int32),
+             "completion_mask": sds((rows * k, width), jnp.int32)}
+    chunk = int(config.loss.get("chunk_size", 256))
+    fn = lambda p, b: losses_lib.completion_logprobs(model.merge(p), b, temperature=1.0,  # noqa: E731
+                                                     chunk_size=chunk)
+    lower = lower_step(fn, params, jax.tree.map(lambda x: x.sharding, params), batch, donate=False,
+                       out_shardings=sharding_lib.named_sharding(mesh, ("batch", None)), accum_axis=False)
+    return Program("option_logprobs", lower, live_args=("params",),
+                   model_flops=host_flops(rows * k, length + width, rows * m, supervised=False) / 3.0)
+
   if config.trainer == "eval":  # the evaluator: parameters only, cast once to the compute dtype, greedy answers
     e = config.eval
     params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, compute_dtype, sharding=s),
                           model.abstract_params, sh.params)
     rows = int(e.batch_size)
     input_lib.check_batch_split(rows, data_axes, 1, "eval.batch_size")
-    return rollout("generate", params, "params", rows, samples=1, max_new=int(e.max_new_tokens),
-                   mode="greedy"), {"params": params}
+    progs = rollout("generate", params, "params", rows, samples=1, max_new=int(e.max_new_tokens), mode="greedy")
+    if e.get("mc_mode", "generate") == "loglik":  # multiple choice scored by each option's log-probability
+      progs.append(option_scoring(params, rows))
+    return progs, {"params": params}
 
   # ---------------------------------------------------------------------------------------------- GRPO
   from tinyrs_jax.train import grpo_trainer
