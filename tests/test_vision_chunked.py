@@ -1,5 +1,5 @@
-"""Real-scale memory fixes: query-chunked vision attention (= dense = transformers), the per-row image gather on a
-mesh, generation's last position before the repeat and the donated cache, restoring onto a mesh, skip steps."""
+"""Real-scale memory fixes: query-chunked vision and decoder attention (= dense = transformers), the per-row image
+gather on a mesh, generation's last position before the repeat and the donated cache, restoring onto a mesh, skip steps."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +11,7 @@ import tinyrs_jax  # noqa: E402
 from hf_reference import build_hf_model, random_image_batch, save_hf_model  # noqa: E402
 from tinyrs_jax import sharding as sharding_lib  # noqa: E402
 from tinyrs_jax.models import batch as batch_lib  # noqa: E402
-from tinyrs_jax.models import vision  # noqa: E402
+from tinyrs_jax.models import decoder, vision  # noqa: E402
 
 # Patch counts 16..240: with a chunk of 16 queries every image is split in 1..15 chunks, the last one padded
 # where P is not a multiple of the chunk (P = 64 slots of 60 patches: 4 chunks of 16, the last one padded).
@@ -74,6 +74,62 @@ def test_chunked_attention_memory_is_linear_in_patches():
   f = jax.jit(lambda a, b, c, fr, va: vision.vision_attention(a, b, c, fr, va, jnp.float32, chunk=256))
   temps = f.lower(x, x, x, fr, va).compile().memory_analysis().temp_size_in_bytes
   dense_scores = i * h * p * p * 4
+  assert temps < dense_scores / 4, (temps, dense_scores)
+
+
+def _logits(model, static, chunk, monkeypatch):
+  monkeypatch.setattr(decoder, "ATTN_QUERY_CHUNK", chunk)
+  f = jax.jit(lambda *b: model.logits(model.hidden_states(*b)))  # traced anew per chunk size
+  return np.asarray(f(*(jnp.asarray(static[k]) for k in ("input_ids", "attention_mask", "pixel_values",
+                                                         "image_grid_thw"))))
+
+
+def test_chunked_decoder_attention_equals_dense_and_transformers(pair, monkeypatch):
+  """Training, prefill and GRPO scoring at real lengths attend in query chunks: the model's logits with chunks of
+  8 or 13 query rows (13: the last one padded) equal the dense ones and transformers'."""
+  from hf_reference import hf_forward
+  hf, ours = pair
+  inp = _inputs()
+  static = batch_lib.pad_hf_inputs(inp["input_ids"], inp["attention_mask"], inp["pixel_values"],
+                                   inp["image_grid_thw"], pad_token_id=0, patch_dim=ours.cfg.vision.patch_dim)
+  n = static.pop("length")
+  length = static["input_ids"].shape[1]
+  assert length > 26
+  dense = _logits(ours, static, length, monkeypatch)
+  for chunk in (8, 13):
+    np.testing.assert_allclose(_logits(ours, static, chunk, monkeypatch), dense, rtol=1e-5, atol=1e-5)
+  ref = hf_forward(hf, inp)
+  mask = inp["attention_mask"].astype(bool)
+  got = _logits(ours, static, 13, monkeypatch)[:, :n]
+  assert np.abs(got[mask] - ref[mask]).max() / np.abs(ref[mask]).max() <= 2e-4
+
+
+def test_chunked_decoder_attention_gradient_and_cache_shapes():
+  """Against a cache longer than the queries (prefill into a preallocated cache), left padding and grouped KV
+  heads: chunked = dense, values and gradients (the chunks are rematerialised in the backward pass)."""
+  rng = np.random.default_rng(1)
+  b, l, s, h, kvh, d = 2, 21, 32, 4, 2, 8
+  q = jnp.asarray(rng.normal(size=(b, l, h, d)), jnp.float32)
+  k, v = (jnp.asarray(rng.normal(size=(b, s, kvh, d)), jnp.float32) for _ in range(2))
+  valid = np.arange(s)[None] >= np.array([[0], [5]])  # row 1 left-padded by 5
+  allowed = jnp.asarray((np.arange(s)[None, None] <= np.arange(l)[None, :, None]) & valid[:, None])
+  att = lambda chunk: lambda a, b_, c: decoder.gqa_attention(a, b_, c, allowed, jnp.float32, chunk=chunk)  # noqa
+  np.testing.assert_allclose(np.asarray(att(5)(q, k, v)), np.asarray(att(64)(q, k, v)), rtol=1e-6, atol=1e-6)
+  grads = [jax.grad(lambda a, b_, c: jnp.sum(jnp.sin(att(chunk)(a, b_, c))), argnums=(0, 1, 2))(q, k, v)
+           for chunk in (64, 7)]
+  for a, b_ in zip(*grads):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b_), rtol=1e-5, atol=1e-6)
+
+
+def test_chunked_decoder_attention_memory_is_linear_in_length():
+  """No (B, H, L, L) scores: a 4096-token sequence's compiled temporaries stay far below its dense fp32 scores."""
+  b, l, h, kvh, d = 1, 4096, 4, 2, 16
+  q = jax.ShapeDtypeStruct((b, l, h, d), jnp.float32)
+  kv = jax.ShapeDtypeStruct((b, l, kvh, d), jnp.float32)
+  allowed = jax.ShapeDtypeStruct((b, l, l), jnp.bool_)
+  f = jax.jit(lambda a, b_, c, m: decoder.gqa_attention(a, b_, c, m, jnp.float32, chunk=256))
+  temps = f.lower(q, kv, kv, allowed).compile().memory_analysis().temp_size_in_bytes
+  dense_scores = b * h * l * l * 4
   assert temps < dense_scores / 4, (temps, dense_scores)
 
 

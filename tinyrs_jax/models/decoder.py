@@ -6,6 +6,7 @@ masking, left or right padding, and decoding into a preallocated cache.
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -18,6 +19,11 @@ from tinyrs_jax.models.presets import TextConfig
 from tinyrs_jax.models.rope import apply_rope
 
 NEG_INF = -1e30
+# Query rows per attention chunk: sequences up to this attend densely in one piece (decode, every test shape);
+# longer ones (training at 2048 tokens, prefill, GRPO scoring) scan over query chunks, each rematerialised in
+# the backward pass, so the fp32 scores are B·H·chunk·S instead of B·H·L·S (a prefill of 32 prompts of 4096
+# tokens would hold 25.8 GB of them per layer, dense).
+ATTN_QUERY_CHUNK = 512
 
 
 class KVCache(NamedTuple):
@@ -43,8 +49,31 @@ class KVCache(NamedTuple):
     return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch, size), jnp.int32))
 
 
-def gqa_attention(q, k, v, allowed, dtype):
-  """q (B, L, H, D); k, v (B, S, KVH, D); allowed (B, L, S) bool -> (B, L, H*D). Softmax in fp32."""
+def gqa_attention(q, k, v, allowed, dtype, chunk: int | None = None):
+  """q (B, L, H, D); k, v (B, S, KVH, D); allowed (B, L, S) bool -> (B, L, H*D). Softmax in fp32. In chunks
+  of `chunk` query rows (default ATTN_QUERY_CHUNK) when L is longer: the same numbers, memory linear in L."""
+  chunk = ATTN_QUERY_CHUNK if chunk is None else int(chunk)
+  b, l, h, d = q.shape
+  if l <= chunk:
+    return _gqa_dense(q, k, v, allowed, dtype)
+  n = -(-l // chunk)
+  pad = n * chunk - l
+  if pad:  # padded query rows attend to nothing (uniform, finite) and are cut off below
+    q = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
+    allowed = jnp.pad(allowed, ((0, 0), (0, pad), (0, 0)))
+  qs = jnp.moveaxis(q.reshape(b, n, chunk, h, d), 1, 0)  # (n, B, C, H, D)
+  masks = jnp.moveaxis(allowed.reshape(b, n, chunk, allowed.shape[-1]), 1, 0)  # (n, B, C, S)
+
+  @functools.partial(jax.checkpoint, prevent_cse=False)
+  def one(qc, mc):
+    return _gqa_dense(qc, k, v, mc, dtype)
+
+  _, out = jax.lax.scan(lambda c, xs: (c, one(*xs)), None, (qs, masks))  # (n, B, C, H*D)
+  out = jnp.moveaxis(out, 0, 1).reshape(b, n * chunk, h * d)
+  return out[:, :l] if pad else out
+
+
+def _gqa_dense(q, k, v, allowed, dtype):
   b, l, h, d = q.shape
   s, kvh = k.shape[1], k.shape[2]
   g = h // kvh
