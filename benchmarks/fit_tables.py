@@ -8,7 +8,8 @@ config's defaults with the levers on, so the flags it reports are the first stan
 log go to OUT/<stage>_<target>.{json,log}, and a pair already there is not recompiled. pretrain stands for the
 three SFT stages (instruct and cot have its shapes and compile to the same programs). TPU targets need the tpu
 extra (libtpu), GPU targets the gpu extra (jax[cuda12], in its own environment: --gpu_python); neither needs
-the accelerator. GPU capacities are the 75 % JAX preallocates by default (XLA_PYTHON_CLIENT_MEM_FRACTION unset).
+the accelerator. GPU capacities are the 75 % JAX preallocates by default (XLA_PYTHON_CLIENT_MEM_FRACTION unset),
+and the verdicts keep tools/aot's default headroom (5 % of that on GPUs, none on TPUs).
 """
 from __future__ import annotations
 
@@ -102,7 +103,8 @@ def markdown(out: str, stages, targets) -> str:
            "Written by `python benchmarks/fit_tables.py` (jax 0.10.2, libtpu 0.0.42.1, jax-cuda12-plugin 0.10.2, "
            "compile-only devices on a 2-core CPU). Every run starts from the stage config's defaults with the "
            "levers on; the flags are the first standard ones that fit. GiB per chip; GPU capacity is the 75 % "
-           "JAX preallocates; t@peak is the step at 100 % MFU (bf16 dense peak).",
+           "JAX preallocates, and a GPU program fits under 95 % of it (tools/aot's default headroom for what no "
+           "program accounts for: NCCL buffers, fragmentation); t@peak is the step at 100 % MFU (bf16 dense peak).",
            "",
            "| target | " + " | ".join(WHAT[s] for s in stages) + " |",
            "|---|" + "---|" * len(stages)]

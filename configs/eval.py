@@ -8,7 +8,8 @@
   runs (eval.run=aid,dior_rsvg narrows that); the built-in entries are in tinyrs_jax/evaluation/suite.py.
   Writes DIR/results.json, DIR/results.md, DIR/predictions/<benchmark>.jsonl and DIR/pictures/. A rerun skips
   the benchmarks already finished with the same settings and resumes an interrupted one where it stopped.
-  The defaults fit 8 GPUs, a v5e-16 or a v5p-8; one H100 takes --config.eval.batch_size=32 (README, tools/aot).
+  The defaults fit one H100, 8 GPUs, a v5e-16 or a v5p-8; with eval.mc_mode=loglik one H100 takes
+  --config.eval.batch_size=32 (README, tools/aot).
 
 The demo (this CPU): the synthetic validation split, every task:
     python -m tinyrs_jax.main --config=configs/eval.py:demo --workdir=runs/demo/eval/cot \

@@ -16,7 +16,7 @@ The real recipe (a GPU box or a TPU pod; every host runs the same command):
     tools/aot): our choices.
   Users' own rewards: --config.reward_modules=my_lab.rewards --config.rewards.my_reward=1.0.
   Plus the flags that make it fit your machine (README, "The real 2B recipe"; tools/aot checks any other), e.g.
-  --config.grad_accum_steps=16 on one H100, --config.mesh.fsdp=8 on 8 H100s, --config.mesh.fsdp=16 --config.grad_accum_steps=2 on a v5e-16.
+  --config.grad_accum_steps=16 on one H100, --config.mesh.fsdp=16 on a v5e-16 (8 GPUs, a v5p-8: the defaults).
 
 The demo (this CPU; synthetic GRPO prompts, the demo model):
     python -m tinyrs_jax.main --config=configs/grpo.py:demo --workdir=/tmp/tinyrs/grpo \

@@ -18,9 +18,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The README's v5e-16 recipe flags (measured with this tool; see "Will it fit?").
 SFT_FLAGS = ["--config.mesh.fsdp=16", "--config.grad_accum_steps=2"]
-GRPO_FLAGS = SFT_FLAGS
-EVAL_FLAGS: list[str] = []  # the defaults fit (13.35 of 15.75 GiB)
-LOGLIK_FLAGS = ["--config.eval.mc_mode=loglik", "--config.mesh.fsdp=16", "--config.eval.batch_size=32"]
+GRPO_FLAGS = ["--config.mesh.fsdp=16"]
+EVAL_FLAGS: list[str] = []  # the defaults fit (6.13 of 15.75 GiB)
+LOGLIK_FLAGS = ["--config.eval.mc_mode=loglik"]  # the defaults fit too (10.10 GiB)
 GPU_ACCUM = 16  # the README's one-GPU recipe: --config.grad_accum_steps=16 (microbatch 8)
 
 
@@ -147,6 +147,11 @@ def test_gpu_capacity_is_what_jax_preallocates(monkeypatch):
   monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", ".9")
   assert aot.parse_target("h200x1").capacity == int(0.9 * aot.H200_BYTES)
   assert aot.parse_target("v5e-16").capacity == int(15.75 * aot.GiB)  # TPU: what libtpu reports
+  # the verdict keeps 5 % of a GPU free for what no program accounts for; none on a TPU (exact static allocation)
+  h200 = aot.parse_target("h200x1")
+  assert h200.limit == int(h200.capacity * 0.95) and aot.parse_target("v5e-16").limit == int(15.75 * aot.GiB)
+  import dataclasses
+  assert dataclasses.replace(h200, headroom=0.0).limit == h200.capacity
 
 
 def test_one_gpu_recipe(tmp_path):
@@ -161,7 +166,7 @@ def test_one_gpu_recipe(tmp_path):
   assert p.returncode == 1 and not report["fits"]
   assert report["suggestion"]["flags"] == {"grad_accum_steps": GPU_ACCUM}, report["suggestion"]
   (prog,) = report["suggestion"]["programs"]
-  assert prog["total"] <= prog["capacity"] == int(0.75 * aot.H100_BYTES)
+  assert prog["total"] <= prog["limit"] == int(int(0.75 * aot.H100_BYTES) * 0.95)
 
 
 def test_fit_tables_markdown(tmp_path, monkeypatch):
@@ -193,7 +198,7 @@ def test_fit_tables_markdown(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_loglik_evaluation_fits_a_v5e_16(v5e_16):
-  """eval.mc_mode=loglik adds the options' teacher-forced scoring pass, which needs fsdp and 32 prompts per batch."""
+  """eval.mc_mode=loglik adds the options' teacher-forced scoring pass (every prompt once per option)."""
   progs = fitting_programs(v5e_16, "eval_loglik", ["generate_prefill", "generate_decode", "option_logprobs"])
   assert progs["option_logprobs"]["other_live"] == 0 and progs["option_logprobs"]["aliased"] == 0
-  assert progs["option_logprobs"]["arguments"] < 2 * N_PARAMS / 16 + 0.2 * aot.GiB  # bf16 params over 16 chips
+  assert progs["option_logprobs"]["arguments"] < 2 * N_PARAMS + 0.2 * aot.GiB  # bf16 params (data-parallel)

@@ -80,6 +80,7 @@ class Target:
   chip: str  # key of CHIPS
   num_slices: int = 1
   mem_fraction: float = 0.0  # GPU: the share of device memory JAX takes; 0: XLA_PYTHON_CLIENT_MEM_FRACTION or .75
+  headroom: float = -1.0  # share of the capacity kept free for what no program accounts for; < 0: the default
 
   @property
   def spec(self) -> "Chip":
@@ -91,6 +92,14 @@ class Target:
     if self.platform != "cuda":
       return self.spec.capacity
     return int(self.spec.capacity * (self.mem_fraction or gpu_mem_fraction()))
+
+  @property
+  def limit(self) -> int:
+    """What a program's total may reach to count as fitting: the capacity less the headroom. By default 5 % on
+    GPUs, which also hold NCCL's buffers, the allocator's fragmentation and autotuning scratch outside the
+    compiled program, and none on TPUs, whose compiler allocates statically against the chip's exact HBM."""
+    headroom = self.headroom if self.headroom >= 0 else (GPU_HEADROOM if self.platform == "cuda" else 0.0)
+    return int(self.capacity * (1.0 - headroom))
 
   @property
   def num_chips(self) -> int:
@@ -198,6 +207,8 @@ def _gpu_target(name: str, chip: str, n: int) -> Target:
   return Target(name, "cuda", f"1x{hosts}x{per_host}", chip)
 
 
+GPU_HEADROOM = 0.05
+
 _DEVICES: dict = {}
 
 
@@ -261,6 +272,7 @@ class Result:
   other_live: int = 0
   total: int = 0
   capacity: int = 0
+  limit: int = 0  # the capacity less the headroom: the verdict's bound
   flops_compiled: float = 0.0
   model_flops_per_chip: float = 0.0
   mfu: float = 0.0
@@ -590,7 +602,8 @@ def compile_program(p: Program, target: Target, live_bytes: dict[str, int], step
       _COMPILED[key] = (int(ma.argument_size_in_bytes), int(ma.output_size_in_bytes), int(ma.temp_size_in_bytes),
                         int(ma.alias_size_in_bytes), flops)
   if isinstance(_COMPILED[key], str):
-    return Result(p.name, False, capacity=cap, other_live=other, compile_s=time.time() - t0, error=_COMPILED[key])
+    return Result(p.name, False, capacity=cap, limit=target.limit, other_live=other, compile_s=time.time() - t0,
+                  error=_COMPILED[key])
   dt = time.time() - t0
   args, outs, temps, alias, flops = _COMPILED[key]
   total = args + outs + temps - alias + other
@@ -598,7 +611,8 @@ def compile_program(p: Program, target: Target, live_bytes: dict[str, int], step
   model_per_chip = p.model_flops / n
   peak = target.spec.peak_tflops * 1e12
   mfu = model_per_chip / (step_time * peak) if step_time > 0 and peak > 0 else 0.0
-  return Result(p.name, total <= cap, args, outs, temps, alias, other, total, cap, flops, model_per_chip, mfu, dt)
+  return Result(p.name, total <= target.limit, args, outs, temps, alias, other, total, cap, target.limit, flops,
+                model_per_chip, mfu, dt)
 
 
 def live_set_bytes(live: dict) -> dict[str, int]:
@@ -701,6 +715,9 @@ def table(results: list[Result], target: Target, step_time: float) -> str:
                  f"{_fmt(r.aliased):>9} {_fmt(r.other_live):>10} {_fmt(r.total):>9} {_fmt(r.capacity):>9} "
                  f"{r.model_flops_per_chip / 1e9:>11.0f} {r.model_flops_per_chip / peak:>6.2f}s {r.mfu:>9.1%}  "
                  f"{'fits' if r.fits else 'DOES NOT FIT'}")
+  if target.limit < target.capacity:
+    lines.append(f"(fits: total <= {_fmt(target.limit)}, the capacity less {1 - target.limit / target.capacity:.0%} "
+                 "headroom; --headroom changes it)")
   if target.platform == "cuda":
     lines.append(f"(GPU: capacity is the {target.capacity / target.spec.capacity:.0%} of {_fmt(target.spec.capacity)} JAX preallocates "
                  "(XLA_PYTHON_CLIENT_MEM_FRACTION, default .75); run the job with the same setting)")
@@ -736,6 +753,8 @@ def _main(argv=None) -> int:
   p.add_argument("--json", default="", help="write the results here")
   p.add_argument("--no_levers", action="store_true", help="do not search for a configuration that fits")
   p.add_argument("--only", default="", help="comma-separated program names to compile (default: all)")
+  p.add_argument("--headroom", type=float, default=-1.0,
+                 help=f"share of the capacity to keep free (default: {GPU_HEADROOM} on GPUs, 0 on TPUs)")
   args, rest = p.parse_known_args(argv)
   config = _load_config_module(args.config)
   overrides = {}
@@ -746,12 +765,14 @@ def _main(argv=None) -> int:
     overrides[m.group(1)] = m.group(2)
   _apply_overrides(config, overrides)
   target = parse_target(args.target)
+  if args.headroom >= 0:
+    target = dataclasses.replace(target, headroom=args.headroom)
 
   import jax
   jax.config.update("jax_platforms", "cpu")
   only = tuple(x for x in args.only.split(",") if x)
   print(f"{args.config} on {target.name} ({target.num_chips} x {target.spec.kind}, {_fmt(target.capacity)} "
-        f"each), mesh data={config.mesh.data} fsdp={config.mesh.fsdp} tensor={config.mesh.tensor}, "
+        f"each, a program fits under {_fmt(target.limit)}), mesh data={config.mesh.data} fsdp={config.mesh.fsdp} tensor={config.mesh.tensor}, "
         f"{batch_line(config)}, remat {config.model.remat_policy}, "
         f"max_pixels {image_pixels(config)[1]}", flush=True)
   print(f"  shapes: {stage_shapes(config)}", flush=True)
