@@ -57,6 +57,11 @@ from tinyrs_jax.data import boxes as boxes_lib
 from tinyrs_jax.rewards import scoring
 
 RULE_SETS = ("strict", "tinyrs")
+# Bump with every change to the scoring code (this file, rewards/scoring.py's parsers, data/boxes.py's reading,
+# metrics.py) that can change a number: results.json entries scored under another version are re-scored from
+# their saved predictions (evaluation/results.py). 2: v * size / 1000, first box in text order, decimals kept,
+# the original's box grammar in the tinyrs column, ground_multi, cumulative IoU, rows without a true box unscored.
+SCORING_VERSION = 2
 SMALL_AREA, MEDIUM_AREA = 32 ** 2, 96 ** 2  # DIOR-RSVG's size buckets by the true box's area in pixels (inclusive)
 NO_ANSWER_TASKS = ("caption", "ground_multi", "chat", "reason")  # no short reference: not scored for accuracy
 GROUND_MULTI_TASK = "ground_multi"

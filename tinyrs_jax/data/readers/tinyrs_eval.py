@@ -108,6 +108,8 @@ def _tinyrs_eval_record(obj: Any, source: str, line: int, stem: str, task: str |
       task = file_task[0] or "vqa"
   extra = {k: v for k, v in obj.items() if k not in _TINYRS_KEYS}
   extra.update({k: obj[k] for k in ("type", "size", "image_path") if k in obj})
+  if first_user is not None:
+    extra["raw_question"] = first_user["content"]  # the original's prompt is built from it (prompt_style tinyrs)
   if isinstance(qtype, str):
     extra["question_type"] = qtype
   elif file_task[1] is not None and task == file_task[0]:

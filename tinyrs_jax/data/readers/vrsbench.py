@@ -1,4 +1,6 @@
-"""VRSBench evaluation JSON (`vrsbench`): referring (box answers), VQA and caption entries."""
+"""VRSBench evaluation JSON (`vrsbench`): referring (box answers), VQA and caption entries. A referring entry's
+true boxes are those of its ground_truth only (a box written in the question is never taken as the answer);
+`unique` (VRSBench's unique / non-unique split) is kept in extra."""
 from __future__ import annotations
 
 import os
@@ -54,11 +56,13 @@ def _vrsbench_record(obj: Any, source: str, line: int, image_dir: str, check_fil
     size = _size_of(image, obj, source, line)
     phrase = _GEO_PHRASE_RE.findall(question)
     label = phrase[0] if phrase else question
-    question, found_q = convert_geochat_text(question, *size, notes=skips, source=source, line=line,
-                                             field="question")
+    question, _in_question = convert_geochat_text(question, *size, notes=skips, source=source, line=line,
+                                                  field="question")
     truth, found = convert_geochat_text(truth, *size, default_label=label, notes=skips, source=source, line=line,
                                         field="ground_truth")
-    boxes = found_q + found
+    boxes = found  # the true boxes are the answer's; a box written in the question is context, never truth
+    if is_box and len(boxes) > 1:
+      task = "ground_multi"
   messages = [{"role": "user", "content": IMAGE_PLACEHOLDER + question},
               {"role": "assistant", "content": truth}]
   extra = {k: obj[k] for k in ("question_id", "type", "unique", "obj_corner", "size_group") if k in obj}
