@@ -148,6 +148,8 @@ def prediction_row(index: int, record, output: str, length: int, truncated: bool
   if record.task == "caption":
     refs = extra.get("references") or ([extra["reference_text"]] if extra.get("reference_text") else [])
     row["references"] = [str(x) for x in refs]
+  if record.task in ("ground", "ground_multi"):  # the image size the boxes were scaled to (pixels)
+    row["image_size"] = [example["width"], example["height"]]
   if record.task == "ground" and "unique" in extra:  # VRSBench's unique / non-unique split
     row["unique"] = str(extra["unique"]).strip().lower() in ("true", "1", "yes")
   row.update(rules.score(output, example, **score_kw))
