@@ -47,7 +47,7 @@ from tinyrs_jax.sampling import generate as gen_lib
 from tinyrs_jax.sampling.completions import Completions, eos_ids
 from tinyrs_jax.train import input as input_lib
 from tinyrs_jax.train import metrics as train_metrics
-from tinyrs_jax.train import runner
+from tinyrs_jax import runtime
 
 RESULTS_JSON, RESULTS_MD = results_lib.RESULTS_JSON, results_lib.RESULTS_MD
 PREDICTIONS, PICTURES = "predictions", "pictures"
@@ -329,7 +329,7 @@ resume_point = results_lib.resume_point
 IDENTITY_EXCLUDED = ("run", "log_every_s", "pictures", "picture_examples")  # eval fields that change no number
 
 
-def loaded_step(source: runner.ModelSource, config) -> int | None:
+def loaded_step(source: runtime.ModelSource, config) -> int | None:
   """The checkpoint step an init.workdir source resolves to (its latest when none is named)."""
   from tinyrs_jax.checkpoint import orbax_io
   if source.init != "workdir":
@@ -341,7 +341,7 @@ def loaded_step(source: runner.ModelSource, config) -> int | None:
   return step
 
 
-def fingerprint(name: str, b: dict, config, source: runner.ModelSource, records) -> str:
+def fingerprint(name: str, b: dict, config, source: runtime.ModelSource, records) -> str:
   """What decides a benchmark's answers (results.py); the scores' own is results.scoring_fingerprint."""
   d = config.data
   excluded = IDENTITY_EXCLUDED + results_lib.SCORING_FIELDS
@@ -384,10 +384,10 @@ def _source_and_model(config, workdir: str):
     raise ValueError(f"--workdir={workdir} holds training checkpoints: evaluate them with "
                      f"--config.init.workdir={workdir} and write the evaluation to another --workdir")
   spec_tok = config.data.get("tokenizer_dir") or demo_assets(config)
-  source = runner.resolve_model(config, workdir, spec_tok)
+  source = runtime.resolve_model(config, workdir, spec_tok)
   if not source.tokenizer_dir:
     raise ValueError("evaluation decodes answers: it needs a tokenizer (data.tokenizer_dir or the checkpoint's)")
-  model = runner.make_model(config, source)
+  model = runtime.configured_model(config, source)
   dtype = jnp.dtype(as_dtype(model.kwargs["dtype"]))
   return source, model, dtype
 
@@ -405,12 +405,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   demo_assets(config)
   benches = selected(config)  # config mistakes fail before the model loads
   source, model, dtype = _source_and_model(config, workdir)
-  mesh = runner.make_mesh(config)
+  mesh = runtime.make_mesh(config)
   input_lib.check_batch_split(int(config.eval.batch_size), mesh.shape["data"] * mesh.shape["fsdp"],
                               jax.process_count(), "eval.batch_size")
   main = jax.process_index() == 0
   os.makedirs(os.path.join(workdir, PREDICTIONS), exist_ok=True)
-  params = runner.load_frozen_params(config, source, model, model.param_shardings(mesh), dtype)
+  params = runtime.load_frozen_params(config, source, model, model.param_shardings(mesh), dtype)
   logging.info("evaluating %s (%s) on %s", source.init_path or "random init", source.init,
                [n for n, _ in benches])
   evaluator = Evaluator.from_eval_config(config, model, mesh, eval_processor(config, source.tokenizer_dir),
