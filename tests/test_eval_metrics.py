@@ -251,3 +251,27 @@ def test_unscored_rows_listed_in_results_md():
   assert metrics.unscored(rows) == {"no_rule": 1, "no_reference": 1}
   md = metrics.markdown_table({"b": {"metrics": {}, "unscored": metrics.unscored(rows)}})
   assert "b: 1 tasks no rule scores" in md and "b: 1 records without a reference" in md
+
+
+def test_fingerprints_cover_record_contents_and_scoring_version(monkeypatch):
+  """An edited benchmark file (same number of records) changes the answers' fingerprint; a scoring change (the
+  version constant or a scoring setting) changes the scores' fingerprint, which alone means re-scoring."""
+  import dataclasses
+
+  import ml_collections
+
+  from tinyrs_jax.data.records import Record
+  from tinyrs_jax.evaluation import results
+  recs = [Record(id="a", image="x.png", messages=[{"role": "user", "content": "<image>What?"},
+                                                   {"role": "assistant", "content": "forest"}],
+                 task="classify", answer="forest")]
+  digest = results.records_digest(recs)
+  assert results.records_digest([dataclasses.replace(recs[0])]) == digest
+  assert results.records_digest([dataclasses.replace(recs[0], answer="water")]) != digest
+  assert results.records_digest([dataclasses.replace(recs[0], boxes=(("x", (0, 0, 1, 1)),))]) != digest
+  cfg = ml_collections.ConfigDict(dict(answer_tag="answer", think_tags="think", box_format="qwen1000", batch_size=8))
+  fp = results.scoring_fingerprint(cfg)
+  assert results.scoring_fingerprint(ml_collections.ConfigDict(dict(cfg.to_dict(), batch_size=16))) == fp
+  assert results.scoring_fingerprint(ml_collections.ConfigDict(dict(cfg.to_dict(), box_format="pixels"))) != fp
+  monkeypatch.setattr(rules, "SCORING_VERSION", rules.SCORING_VERSION + 1)
+  assert results.scoring_fingerprint(cfg) != fp
