@@ -51,8 +51,8 @@ def _ground_metrics(out: dict, ground: list[dict], suffix: str = "") -> None:
     out[f"ground/acc@{t}{suffix}"] = _metric([float(r["iou"] >= t) for r in ground],
                                              [float(r["iou_tinyrs"] >= t) for r in parsed])
   out[f"ground/miou{suffix}"] = _metric([r["iou"] for r in ground], [r["iou_tinyrs"] for r in parsed])
-  if all("union" in r for r in ground):
-    out[f"ground/cum_iou{suffix}"] = _cum_iou(ground, [r for r in parsed if "union_tinyrs" in r])
+  if all(r.get("union") is not None for r in ground):
+    out[f"ground/cum_iou{suffix}"] = _cum_iou(ground, [r for r in parsed if r.get("union_tinyrs") is not None])
 
 
 UNSCORED_REASONS = {"no_true_box": "grounding records without a true box (unusable)",
