@@ -50,7 +50,8 @@ aggregated = metrics.aggregate(rows)
 idx = sharding.gather_rows(INDICES[pid])
 floats = sharding.gather_rows(np.asarray([[r["iou"] if r["iou"] is not None else -1.0] for r in ROWS[0]]))
 with open(out, "w") as f:
-  json.dump({"rows": rows, "metrics": aggregated, "idx": [int(i) for i in idx], "dtype": str(idx.dtype), "floats": floats.tolist(),
+  json.dump({"rows": rows, "metrics": aggregated, "idx": [int(i) for i in idx], "dtype": str(idx.dtype),
+             "floats": floats.tolist(),
              "floats_dtype": str(floats.dtype), "count": jax.process_count()}, f)
 """
 
