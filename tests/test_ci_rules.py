@@ -150,3 +150,31 @@ def test_readme_is_a_front_door_and_its_links_resolve():
       assert os.path.exists(path), f"{page} links to {target}, which does not exist"
   for name in ("demo", "testing", "qwen2_vl", "data", "grpo", "ablations", "evaluation", "fitting", "benchmarks"):
     assert f"(docs/{name}.md)" in readme, name
+
+
+# ------------------------------------------------------------------------------------------ .ci/run itself
+FAKE_PYTHON = """#!/usr/bin/env bash
+if [ "$1 $2" = "-m pytest" ]; then echo "pytest saw CI=$CI"; exit "$FAKE_PYTEST_RC"; fi
+cat >/dev/null 2>&1 || true
+echo "python stub $*"
+"""
+
+
+@pytest.mark.parametrize("rc", [0, 1])
+def test_ci_run_exports_ci_and_prints_its_wall_time_even_on_failure(tmp_path, rc):
+  """.ci/run with python and pip stubbed: pytest sees CI=true whatever the runner set, the script's status is
+  pytest's, and the last line is the wall time, also when the tests fail."""
+  (tmp_path / ".ci").mkdir()
+  shutil.copy(os.path.join(REPO, ".ci", "run"), tmp_path / ".ci" / "run")
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  for name, text in (("python", FAKE_PYTHON), ("pip", "#!/usr/bin/env bash\necho pip stub\n")):
+    (bin_dir / name).write_text(text)
+    (bin_dir / name).chmod(0o755)
+  env = {k: v for k, v in os.environ.items() if k != "CI"}
+  env.update(PATH=f"{bin_dir}:{env['PATH']}", FAKE_PYTEST_RC=str(rc), HOME=str(tmp_path))
+  p = subprocess.run(["bash", str(tmp_path / ".ci" / "run")], env=env, capture_output=True, text=True, timeout=60)
+  assert p.returncode == rc, (p.stdout, p.stderr)
+  assert "pytest saw CI=true" in p.stdout, p.stdout
+  last = p.stdout.strip().splitlines()[-1]
+  assert re.fullmatch(r"CI wall time: 0 min \d+ s", last), last
