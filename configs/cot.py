@@ -12,9 +12,10 @@ The demo (this CPU, about a minute and a half, synthetic cot data, demo_8m model
       [--config.init.workdir=/tmp/tinyrs/instruct]
   on its own from scratch, or from the instruct demo's workdir when init.workdir says so; should reach a final
   eval_loss <= 0.9 x the eval_loss at step 0 (measured with `bash launch/demo.sh`, from the instruct demo:
-  eval_loss 7.72 at step 0 -> 0.377 at the end, 200 steps of batch 8, 83 s). Greedy on 400 held-out questions
-  (configs/eval.py:demo, asked to think first) that checkpoint scores: classify 0.889, presence 0.580, count 0.716,
-  compare 0.525, grounding mean IoU 0.00 (runs/demo/eval.md; README).
+  eval_loss 7.53 at step 0 -> 0.325 at the end, 200 steps of batch 8, synthetic data v3). Greedy on 400 test
+  questions (configs/eval.py:demo --config.data.demo_split=test, asked to think first) that checkpoint scores:
+  classify 0.988, presence 0.802, count 0.741, compare 0.525, grounding Acc@0.5 0.000, caption CIDEr 3.21
+  (runs/demo/eval.md; docs/demo.md).
 """
 from __future__ import annotations
 

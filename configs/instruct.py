@@ -12,7 +12,8 @@ The demo (this CPU, about a minute, synthetic instruct data, demo_8m model):
       [--config.init.workdir=/tmp/tinyrs/pretrain]
   on its own from scratch, or from the pretrain demo's workdir when init.workdir says so; should reach a final
   eval_loss <= 0.9 x the eval_loss at step 0 (measured with `bash launch/demo.sh`, from the pretrain demo:
-  eval_loss 9.62 at step 0 -> 1.19 at the end; 250 steps of batch 8 at lr 5e-4, 59 s, see get_config).
+  eval_loss 9.05 at step 0 -> 1.13 at the end, synthetic data v3; 250 steps of batch 8 at lr 5e-4, see get_config;
+  500 steps gave no validation gain: docs/demo_tuning.md).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def get_config(arg: str | None = None):
     c = common.demo(c)
     # Gentle: it teaches the tasks' short answers without overwriting pretrain's visual features (at 2e-3 the
     # cot checkpoint classified at chance). 250 steps at 5e-4: greedy held-out classification 0.58 (8 classes;
-    # 60 steps left it at 0.00, answering "yes" to everything); 250 at 1e-3: 0.48.
+    # 60 steps left it at 0.00, answering "yes" to everything); 250 at 1e-3: 0.48 (synthetic data v1).
     c.total_steps = 250
     c.optim.lr = 5e-4
   elif arg:
