@@ -48,7 +48,11 @@ def get_config(arg: str | None = None):
       temperature=1.0,
       top_p=1.0,
       top_k=0,  # 0: off
-      loss_type="grpo",  # grpo | bnpo | dr_grpo | dapo (TRL's aggregations; train/grpo.py)
+      # grpo | bnpo | dr_grpo | dapo (TRL's aggregations; train/grpo.py). bnpo here divides by the completion
+      # tokens of the WHOLE generation batch (all microbatches and processes); TRL's bnpo divides each
+      # microbatch on each device by its own token count and averages those: equal only when every microbatch
+      # holds as many tokens (docs/grpo.md)
+      loss_type="grpo",
       scale_rewards="group",  # group | batch | none: divide advantages by the group's std, the batch's, or not
       advantage_eps=1e-4,
       epsilon_low=0.2,
@@ -63,6 +67,8 @@ def get_config(arg: str | None = None):
       dynamic_sampling_max_batches=4,  # rollout batches per step at most; then topped up with filtered groups
       think_tag="think",  # the format reward's tags (the original used "reasoning")
       answer_tag="answer",
+      reward_timeout_s=600.0,  # a reward call (one batch) slower than this stops the run with an error; <= 0: none
+      allow_unverifiable=False,  # True: train on prompts without a verifiable answer (counted, logged); else refuse
       log_samples_every=10,  # steps between sample tables (samples.jsonl, TensorBoard text); 0: never
       num_samples_logged=8,
   ))
