@@ -80,7 +80,9 @@ def test_run_writes_metrics_samples_and_checkpoints(reference):
   assert last["kl"] > 0  # mu = 2 and lr 1e-3: the policy left the reference
   assert r[4]["rewards/vowels/std"] > 0 and r[4]["frac_reward_zero_std"] < 1
   steps = sorted(int(s) for s in os.listdir(os.path.join(reference, "checkpoints")) if s.isdigit())
-  assert steps == [4, 8]  # optimizer steps: mu = 2 per GRPO step, checkpoints every 2 GRPO steps
+  assert steps == [2, 4]  # numbered by GRPO step (mu = 2 optimizer updates each), every 2 GRPO steps
+  assert last["optimizer_step"] == 8
+  assert json.load(open(os.path.join(reference, "grpo_reference.json")))["init"] == "random"
   samples = [json.loads(l) for l in open(os.path.join(reference, "samples.jsonl"))]
   assert [s["step"] for s in samples] == [1] * 3 + [3] * 3
   assert {"completion", "reward", "advantage", "rewards/vowels", "answer", "task"} <= set(samples[0])
@@ -102,7 +104,7 @@ def test_sigterm_saves_and_exits_143(reference, tmp_path):
   wd = str(tmp_path / "term")
   p = main(wd, *GRPO, "--config.debug_sigterm_at_step=1", "--config.checkpoint.every_steps=100", check=False)
   assert p.returncode == 143, p.stderr[-4000:]
-  assert "2" in os.listdir(os.path.join(wd, "checkpoints"))  # GRPO step 1 = optimizer step 2 (mu = 2)
+  assert os.listdir(os.path.join(wd, "checkpoints")) == ["1"]  # GRPO step 1 (= optimizer step 2, mu = 2)
 
 
 @pytest.mark.slow
