@@ -16,8 +16,16 @@ One GRPO step, for `batch_size` prompts (global) and G = grpo.num_generations:
                old-policy log-probs, both by the training forward at the sampling temperature;
   5. update    num_iterations (mu) optimizer steps on that batch with the registered "grpo" loss.
 Everything around the step (metrics pipelining, checkpoints, evaluation cadence, SIGTERM, the kill hook,
-export) is train/loop.py's, shared with the SFT trainer. A restart resumes exactly: the data iterator is saved
-with each checkpoint and the rollout's randomness follows (seed, step).
+export) is train/loop.py's, shared with the SFT trainer. A restart resumes exactly: the data iterator and the
+GRPO step are saved with each checkpoint (numbered by GRPO step, whether or not an update was skipped), the
+rollout's key is fold_in(seed, step, attempt), and the reference policy is the checkpoint recorded at the start
+(grpo_reference.json).
+
+Where each piece lives: RewardScorer (rewards: padding rows never scored, timeout, a failure named and agreed
+on by every process), GRPOStep (sample / sample_dynamic / build_batch / update / run_updates), TrainStep (the
+loop's train_step: the GRPO step counter, skipped updates, samples), HeldOutEval (the loop's evaluate),
+check_verifiable (prompts without a verifiable answer), pin_init / load_reference (the reference policy).
+What a user sees on each failure path: docs/grpo.md.
 
 Held-out evaluation (at the start, every eval.every_steps and at the end): greedy completions for the validation
 prompts, scored by the same rewards: eval/reward, eval/rewards/<name>, eval/accuracy/<task>; and by the evaluation
