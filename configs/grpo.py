@@ -14,7 +14,8 @@ The real recipe (a GPU box or a TPU pod; every host runs the same command):
     GRPOConfig default lr (the original's script). 32 prompts x 4 = 128 completions per step (the SFT stages'
     global batch) and 1024 new tokens at most (the original allowed 8192; ours fits a v5e-16 / 8 GPUs, see
     tools/aot): our choices.
-  Users' own rewards: --config.reward_modules=my_lab.rewards --config.rewards.my_reward=1.0.
+  Users' own rewards: --config.reward_modules=my_lab.rewards --config.rewards.my_reward=1.0 (the fields a reward
+  receives, its time limit grpo.reward_timeout_s and what a failing reward does: docs/grpo.md).
   Plus the flags that make it fit your machine (README, "The real 2B recipe"; tools/aot checks any other), e.g.
   --config.grad_accum_steps=16 on one H100, --config.mesh.fsdp=16 on a v5e-16 (8 GPUs, a v5p-8: the defaults).
 

@@ -163,8 +163,11 @@ def test_skipped_updates_keep_the_grpo_step_count(tmp_path):
   assert saved["grpo_step"] == 2  # what a restart continues from (it then finds the run finished)
 
 
-DYNAMIC = [*SHORT, "--config.grpo.dynamic_sampling=True", "--config.grpo.dynamic_sampling_reward=starts_with_vowel",
-           "--config.rewards.starts_with_vowel=1.0", "--config.grpo.dynamic_sampling_max_batches=3"]
+# prompts in two length buckets: draws (and processes) differ in prompt width, which must be agreed globally
+DYNAMIC = [*SHORT, "--config.total_steps=1", "--config.grpo.max_new_tokens=8", "--config.data.length_buckets=(96,128)",
+           "--config.grpo.dynamic_sampling=True",
+           "--config.grpo.dynamic_sampling_reward=starts_with_vowel", "--config.rewards.starts_with_vowel=1.0",
+           "--config.grpo.dynamic_sampling_max_batches=2"]
 
 
 @pytest.mark.slow
@@ -177,8 +180,8 @@ def test_dynamic_sampling_on_two_processes_equals_one(tmp_path):
   main(ref, *DYNAMIC)
   run_two_processes(wd, DYNAMIC, env(1), timeout=900)
   a, b = rows(wd), rows(ref)
-  assert sum(b[s]["dynamic_sampling/filtered_groups"] for s in (1, 2)) > 0  # the filter acted
-  for s in (1, 2):
+  assert b[1]["dynamic_sampling/filtered_groups"] > 0 and b[1]["dynamic_sampling/rollout_batches"] == 2, b[1]
+  for s in (1,):
     for key in ("dynamic_sampling/rollout_batches", "dynamic_sampling/filtered_groups",
                 "dynamic_sampling/topped_up_groups"):
       assert a[s][key] == b[s][key], (s, key)
