@@ -738,7 +738,9 @@ def as_flags(flags: dict) -> str:
 
 
 def main(argv=None) -> int:
-  with _libtpu_env():
+  # libtpu is kept out of the environment (tools/libtpu_aside.py): TPU_LIBRARY_PATH is set for this call only.
+  from tinyrs_jax.tools import libtpu_aside
+  with libtpu_aside.activated(), _libtpu_env():
     return _main(argv)
 
 
