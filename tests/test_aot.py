@@ -137,7 +137,29 @@ def test_targets_and_levers():
   assert [o.get("eval.batch_size") for o in order[:3]] == [None, 32, 16]
   assert all("grad_accum_steps" not in o for o in order)
   # then smaller images, below the budget its 0 ("the checkpoint's own") stands for: 1280*28*28
-  assert [o.get("data.max_pixels") for o in order[3:]] == ["1024*28*28", "768*28*28", "512*28*28", "256*28*28"]
+  assert [o.get("data.max_pixels") for o in order[3:]] == [1024 * 28 * 28, 768 * 28 * 28, 512 * 28 * 28, 256 * 28 * 28]
+
+
+def test_lever_suggestions_are_what_the_trainer_accepts():
+  """Every lever's flags, as the tool prints them, load through the trainer's own config parsing
+  (tinyrs_jax.main.load_config) to the values the tool compiled (the image budget was once printed as
+  `1024*28*28`, which the trainer refuses)."""
+  from tinyrs_jax import main as trainer_main
+  for stage in ("pretrain", "grpo", "eval"):
+    c = aot._load_config_module(f"configs/{stage}.py")
+    for flags, tried in aot.levers(c, aot.parse_target("v5e-16")):
+      loaded, rest = trainer_main.load_config([f"--config=configs/{stage}.py", *aot.as_flags(flags).split()])
+      assert rest == []
+      for k in flags:
+        assert aot_get(loaded, k) == aot_get(tried, k), (stage, k)
+  with pytest.raises(Exception, match="invalid literal"):
+    trainer_main.load_config(["--config=configs/pretrain.py", "--config.data.max_pixels=1024*28*28"])
+
+
+def aot_get(config, dotted):
+  for k in dotted.split("."):
+    config = config[k]
+  return config
 
 
 def test_gpu_capacity_is_what_jax_preallocates(monkeypatch):
