@@ -98,3 +98,29 @@ ENTRY %main (x: f32[4,8]) -> f32[4,8] {
   # per iteration: add (reads 2 scalars, writes 1: 12 B), multiply (reads h twice: 256 B; writes on chip),
   # dot (reads h: 128 B, v is on chip; writes 64 B), and the condition's compare (4 + 4 read, 1 written)
   assert pc.fixed.bytes == 10 * (12 + 256 + 192 + 9)
+
+
+def test_grpo_step_estimate_composes_the_trainers_phases():
+  """estimate.py: GRPO's step = prefill + decode x (tokens - 1) + reference scoring + mu x update, each at its
+  roofline on the target; run time, chip-hours and tokens/s per chip follow from the steps."""
+  import ml_collections
+
+  from tinyrs_jax.tools.aot import estimate, parse_target
+  from tinyrs_jax.tools.aot.compile import Result
+  t = parse_target("v5e-16")
+  peak, bw = t.spec.peak_tflops * 1e12, t.spec.hbm_bandwidth
+  results = [Result("rollout_prefill", True, flops=2 * peak, bytes_accessed=bw),  # 2 s, compute-bound
+             Result("rollout_decode", True, flops=0.0, bytes_accessed=0.5 * bw, per_token_bytes=0.01 * bw,
+                    loop="new_tokens"),
+             Result("ref_logps", True, flops=1 * peak),
+             Result("update", True, flops=3 * peak, bytes_accessed=10 * bw)]  # 10 s, memory-bound
+  c = ml_collections.ConfigDict(dict(trainer="grpo", batch_size=32, total_steps=-1, num_epochs=1.0,
+                                     grpo=dict(max_new_tokens=1024, num_generations=4, num_iterations=2)))
+  e = estimate.estimate(c, results, t, {"length": 2048}, examples=3200, completion_tokens=257)
+  assert [p.name for p in e.phases] == ["rollout_prefill", "rollout_decode x 256", "ref_logps", "update x 2"]
+  assert e.step_s == pytest.approx(2 + (0.5 + 2.56) + 1 + 2 * 10)
+  assert e.step_s_at_max == pytest.approx(2 + (0.5 + 10.23) + 1 + 2 * 10)
+  assert e.steps == 100 and e.run_s == pytest.approx(100 * e.step_s)
+  assert e.chip_hours == pytest.approx(e.run_s * 16 / 3600)
+  assert e.tokens_per_s_per_chip == pytest.approx(32 * 4 * (2048 + 257) / e.step_s / 16)
+  assert e.lower_bound and "LOWER BOUND" in "\n".join(estimate.lines(e))
