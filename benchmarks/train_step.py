@@ -13,7 +13,7 @@ supervised positions only). Transformers is timed two ways:
                    positions: the same work as ours.
 Prints tokens/s of each (all batch positions), the ratios against both, and the first-step losses (they must
 agree). Ours is timed under each remat policy of --remat (on XLA:CPU recomputing is often faster than stacking
-residuals). The README quotes the logits_to_keep ratio (the like-for-like one) and the full-logits one beside it.
+residuals). docs/benchmarks.md quotes the logits_to_keep ratio (the like-for-like one) and the full-logits one beside it.
 """
 from __future__ import annotations
 

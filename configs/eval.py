@@ -39,6 +39,8 @@ def get_config(arg: str | None = None):
       batch_size=64,  # prompts per generation batch (global)
       max_new_tokens=512,  # answers are cut here (counted as truncated)
       prompt="{question}",  # the default prompt template ({question}: the record's question, image included)
+      prompt_style="tinyrs",  # tinyrs: the original work's prompts where their wording is known (compare with
+      #                         published tables); ours: the readers' prompts (evaluation/suite.py)
       answer_tag="answer",  # the graded span (rules.py); reasoning inside think_tags is never graded
       think_tags="think,reasoning",
       box_format="qwen1000",  # how a bare [x1,y1,x2,y2] in an answer is read: qwen1000 | pixels | norm1
@@ -59,6 +61,7 @@ def get_config(arg: str | None = None):
     c.eval.max_new_tokens = 128  # the demo cot checkpoint writes ~40 tokens (max 73)
     c.eval.limit = 400  # 80 scenes x 5 tasks of the 994 held-out records (file order: whole scenes)
     c.eval.run = "synthetic,synthetic_caption"
+    c.eval.prompt_style = "ours"  # our synthetic data: no original prompt exists
     c.benchmarks.synthetic_caption.limit = 64
   elif arg:
     raise ValueError(f"unknown variant {arg!r} of configs/eval.py; use :demo or nothing")

@@ -2,7 +2,9 @@
 with the flags docs/fitting.md gives: GRPO at the real 2B, SFT and evaluation at the demo model's size with the
 same wiring; a configuration that cannot fit is reported with exit status 1.
 
-libtpu comes with the test extra (jax[tpu]); under CI=true its absence fails the run (tests/conftest.py).
+libtpu is not in the test extra (it would load in every JAX process): the module's first test installs it aside
+under $TINYRS_CACHE (tinyrs_jax/tools/libtpu_aside.py), where only the tool looks; if that fails, under CI=true the
+run fails (tests/conftest.py).
 """
 import json
 import os
@@ -11,9 +13,21 @@ import sys
 
 import pytest
 
-pytest.importorskip("libtpu")
-
 from tinyrs_jax.tools import aot  # noqa: E402  (parsing and levers only: no libtpu in this process)
+from tinyrs_jax.tools import libtpu_aside  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def libtpu():
+  """libtpu for the tool's processes: found (TPU_LIBRARY_PATH, an installed package, the aside copy) or installed
+  aside on first use (about 700 MB; seconds from a local index)."""
+  path = libtpu_aside.find()
+  if path is None:
+    try:
+      path = libtpu_aside.install()
+    except Exception as e:  # the reason names the module: under CI=true this skip fails the run
+      pytest.skip(f"could not import 'libtpu': installing it aside failed: {e}")
+  return path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

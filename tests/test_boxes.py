@@ -41,7 +41,7 @@ def test_clipping():
     ("<|box_start|>(1,2),(3,4)<|box_end|>", [(None, (1, 2, 3, 4))]),
     ("<|box_start|> ( 1 , 2 ) , ( 3 , 4 ) <|box_end|>", [(None, (1, 2, 3, 4))]),
     ("<|box_start|>(1,2)(3,4)<|box_end|>", [(None, (1, 2, 3, 4))]),
-    ("<|box_start|>(1.4,2.6),(3,4)<|box_end|>", [(None, (1, 3, 3, 4))]),
+    ("<|box_start|>(1.4,2.6),(3,4)<|box_end|>", [(None, (1.4, 2.6, 3, 4))]),  # decimals as written
     ("<|box_start|>(1,\n2),\n(3,4)<|box_end|>", [(None, (1, 2, 3, 4))]),
     ("<|object_ref_start|> the red car <|object_ref_end|> <|box_start|>(1,2),(3,4)<|box_end|>",
      [("the red car", (1, 2, 3, 4))]),
@@ -120,4 +120,61 @@ def test_round_trip_property(data, width, height, label):
 def test_parse_never_raises(text):
   for label, coords in bx.parse_boxes(text):
     assert label is None or isinstance(label, str)
-    assert len(coords) == 4 and all(isinstance(c, int) for c in coords)
+    assert len(coords) == 4 and all(isinstance(c, (int, float)) for c in coords)
+  first = bx.first_box(text)
+  assert (first is None) == (not bx.parse_boxes(text))
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("(9,9),(19,19) <|box_start|>(1,2),(3,4)<|box_end|>", (None, (9, 9, 19, 19))),  # the bare box comes first
+    ("<|object_ref_start|>car<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|> (9,9),(19,19)",
+     ("car", (1, 2, 3, 4))),
+    ("<|box_start|>(1,2),(3,4)<|box_end|>", (None, (1, 2, 3, 4))),
+    ("at (1.5, 2.25),(3,4)", (None, (1.5, 2.25, 3, 4))),  # decimals as written
+    ("no box", None),
+])
+def test_first_box_in_text_order(text, expected):
+  assert bx.first_box(text) == expected
+
+
+def _exact_grid_values(size):
+  """Grid values whose pixel value v * size / 1000 is an even integer (so half of it is exact too)."""
+  return [g for g in range(2, 999) if (g * size) % 1000 == 0 and (g * size // 1000) % 2 == 0]
+
+
+@pytest.mark.parametrize("size", [800, 600, 512, 1000])
+def test_iou_exactly_half_is_a_hit_on_every_image_size(size):
+  """An IoU of exactly 0.5 is a hit under both rule sets, and one grid step either side of the boundary falls on
+  the right side, for every grid value that lands on an exact pixel. v / 1000 * size (the old order) misses it:
+  145 / 1000 * 800 = 115.99999999999999 (pred inside the truth: IoU below 0.5), 545 / 1000 * 800 =
+  436.00000000000006 (truth inside the pred: IoU below 0.5)."""
+  from tinyrs_jax.evaluation import rules
+  values = _exact_grid_values(size)
+  assert values
+  half = size // 2
+
+  def score(text, truth):
+    return rules.score(text, {"task": "ground", "boxes": [{"label": "x", "box": list(truth)}], "width": size,
+                              "height": size})
+
+  for g in values:
+    px = g * size // 1000
+    # the prediction inside the truth: (0,0)-(g,500) against (0,0)-(px,size)
+    truth = (0, 0, px, size)
+    at = score(f"({0},{0}),({g},500)", truth)
+    assert at["iou"] == 0.5 and at["correct_strict"] and at["correct_tinyrs"], (size, g, at["iou"])
+    assert not score(f"(0,0),({g},499)", truth)["correct_strict"]
+    assert not score(f"(0,0),({g},499)", truth)["correct_tinyrs"]
+    assert score(f"(0,0),({g},501)", truth)["correct_strict"]
+    # the truth inside the prediction: (0,0)-(g,1000) against (0,0)-(px/2,size)
+    truth = (0, 0, px // 2, size)
+    at = score(f"(0,0),({g},1000)", truth)
+    assert at["iou"] == 0.5 and at["correct_strict"] and at["correct_tinyrs"], (size, g, at["iou"])
+    if g + 1 <= 1000:
+      assert not score(f"(0,0),({g + 1},1000)", truth)["correct_tinyrs"]
+      assert not score(f"(0,0),({g + 1},1000)", truth)["correct_strict"]
+    assert score(f"(0,0),({g - 1},1000)", truth)["correct_strict"]
+
+
+def test_grid_to_pixels_multiplies_first():
+  assert bx.box_from_norm1000((145, 545, 145, 545), 800, 800) == (116.0, 436.0, 116.0, 436.0)

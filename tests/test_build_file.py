@@ -205,3 +205,30 @@ def test_build_names_only_existing_files_and_targets():
 def test_build_starts_with_how_to_regenerate():
   head = _build_text().splitlines()[:3]
   assert head[0].startswith("# GENERATED") and any("python .ci/update_build.py" in line for line in head)
+
+
+def _imported_modules(path: str) -> set[str]:
+  """Every module a file imports (absolute names; `from a import b` gives both a and a.b), at any depth."""
+  out = set()
+  for node in ast.walk(ast.parse(open(path).read(), path)):
+    if isinstance(node, ast.Import):
+      out.update(a.name for a in node.names)
+    elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+      out.add(node.module)
+      out.update(f"{node.module}.{a.name}" for a in node.names)
+  return out
+
+
+def test_evaluation_and_tools_set_up_through_runtime_not_the_trainer():
+  """Mesh, model and restored parameters come from tinyrs_jax.runtime: evaluation/ and tools/ never import the
+  trainers' runner (train/runner.py), so a change to training's set-up cannot change what they run on."""
+  offenders = []
+  for package in ("evaluation", "tools"):
+    for dirpath, _, files in os.walk(os.path.join(ROOT, "tinyrs_jax", package)):
+      for name in files:
+        if name.endswith(".py"):
+          path = os.path.join(dirpath, name)
+          if "tinyrs_jax.train.runner" in _imported_modules(path):
+            offenders.append(os.path.relpath(path, ROOT))
+  assert not offenders, f"import tinyrs_jax.runtime instead of tinyrs_jax.train.runner: {offenders}"
+  assert "tinyrs_jax.runtime" in _imported_modules(os.path.join(ROOT, "tinyrs_jax", "evaluation", "evaluator.py"))

@@ -68,7 +68,8 @@ def _java_ptb(lines, tmp_path):
   path = tmp_path / "captions.txt"
   path.write_bytes("\n".join(lines).encode())
   out = subprocess.run(["java", "-cp", jar, "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines",
-                        "-lowerCase", str(path)], capture_output=True, check=True, timeout=60).stdout.decode()
+                        "-lowerCase", str(path)], capture_output=True, check=True,
+                       timeout=60 + len(lines) // 100).stdout.decode()
   return [" ".join(w for w in line.rstrip().split(" ") if w not in ptb.PUNCTUATIONS)
           for line in out.split("\n")[:len(lines)]]
 
@@ -86,9 +87,14 @@ def _random_lines(n, seed=0):
   return lines
 
 
+# Random lines compared with the jar: 300 in CI; `TINYRS_PTB_LINES=55000 python -m pytest tests/test_captions.py -k
+# matches_java` reproduces the 55,000-line comparison (the same seed, the first 300 lines are CI's).
+PTB_LINES = int(os.environ.get("TINYRS_PTB_LINES", "300"))
+
+
 @pytest.mark.skipif(shutil.which("java") is None, reason="java is not on PATH (the Java PTBTokenizer comparison)")
 def test_coco_tokenize_matches_java(tmp_path):
-  texts = [t for t, _ in TOKENIZE_CASES] + _random_lines(300)
+  texts = [t for t, _ in TOKENIZE_CASES] + _random_lines(PTB_LINES)
   # Each caption followed by one starting with "The": the next-line context coco_tokenize assumes.
   java = _java_ptb([x for t in texts for x in (t, "The end.")], tmp_path)[0::2]
   mismatches = [(t, j, coco_tokenize(t)) for t, j in zip(texts, java) if coco_tokenize(t) != j]
@@ -194,6 +200,20 @@ def test_cider_wiring_matches_pycocoevalcap():
   assert scores["cider_per_example"][-1] == 0.0  # the empty prediction: scored, 0, not dropped
   assert scores["num_examples"] == len(CORPUS_PREDS)
   assert "cider_per_example" not in caption_scores(CORPUS_PREDS, CORPUS_REFS)
+
+
+def test_cider_d_hand_computed():
+  """CIDEr-D from its definition, by hand, on two images with one reference each and no shared words (every
+  n-gram's document frequency is 1 or 0, so every idf is log(2) - log(max(1, df)) = log 2 and the tf-idf vectors
+  are log 2 times the n-gram counts; no length penalty, the lengths are equal):
+    image 1, the prediction equals its reference: cosine 1 for n = 1..4 -> 10 * (1+1+1+1) / 4 = 10.
+    image 2, "two planes at airport" for "two planes on runway": unigrams share 2 of 4 -> 2 / (2 * 2) = 1/2;
+      bigrams share "two planes" of 3 -> 1/3; trigrams and 4-grams share none -> 10 * (1/2 + 1/3) / 4 = 25/12.
+  Corpus CIDEr-D = (10 + 25/12) / 2 = 145/24."""
+  scores = caption_scores(["Red roofs near trees.", "Two planes at airport."],
+                          [["red roofs near trees"], ["two planes on runway"]], per_example=True)
+  assert scores["cider_per_example"] == pytest.approx([10.0, 25 / 12], rel=1e-12)
+  assert scores["cider"] == pytest.approx(145 / 24, rel=1e-12)
 
 
 def test_cider_prefers_matching_captions():

@@ -1,8 +1,12 @@
 """CI cannot pass by skipping: under CI=true a skip for a missing test dependency or too few devices fails the
 run (tests/conftest.py), with what is missing and how to install it; other skips stay skips; every skip is
 listed with its reason (pytest.ini's -rfEs). Each case runs pytest in a subprocess on generated test files with
-a copy of this suite's conftest.py and pytest.ini."""
+a copy of this suite's conftest.py and pytest.ini.
+
+Also the README's promises: its first command is the main job, its test command is .ci/run's verbatim, it stays
+a front door (size, links into docs/ that resolve, the demo table equal to docs/demo.md's)."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -99,3 +103,78 @@ def test_ci_skip_classification():
     assert "too few devices" in conftest.ci_skip_problem(devices), devices
   for legit in ("only on a TPU VM", "not on this platform", "slow", "GPU only"):
     assert conftest.ci_skip_problem(legit) is None, legit
+
+
+# ------------------------------------------------------------------ the README's commands, its links, its size
+REPO = os.path.dirname(TESTS)
+
+
+def _read(*parts: str) -> str:
+  with open(os.path.join(REPO, *parts), encoding="utf-8") as f:
+    return f.read()
+
+
+def _fenced_blocks(text: str) -> list[str]:
+  return [m.group(1).strip() for m in re.finditer(r"^```[a-z]*\n(.*?)^```", text, re.MULTILINE | re.DOTALL)]
+
+
+def _demo_table(text: str) -> str:
+  lines = text.splitlines()
+  start = next(i for i, l in enumerate(lines) if l.startswith("| stage | caption CIDEr"))
+  end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
+  return "\n".join(lines[start:end])
+
+
+def test_readme_first_block_is_the_main_job_and_the_test_command_is_what_ci_runs():
+  readme = _read("README.md")
+  blocks = _fenced_blocks(readme)
+  assert blocks[0] == 'pip install -e ".[eval]" && bash launch/demo.sh runs/demo', blocks[0]
+  ci_lines = [l for l in _read(".ci", "run").splitlines() if l.strip() and not l.lstrip().startswith("#")]
+  test_command = next(l for l in ci_lines if "pytest" in l)
+  assert blocks[1] == test_command, (blocks[1], test_command)
+  assert test_command == 'pip install -e ".[test]" && python -m pytest -q --durations=25 tests'
+  assert _fenced_blocks(_read("docs", "testing.md"))[0] == test_command
+
+
+def test_readme_is_a_front_door_and_its_links_resolve():
+  readme = _read("README.md")
+  assert len(readme.encode()) <= 12_000, f"README.md is {len(readme.encode())} bytes: move detail into docs/"
+  assert _demo_table(readme) == _demo_table(_read("docs", "demo.md")), "the demo's table: README != docs/demo.md"
+  pages = ["README.md"] + [os.path.join("docs", n) for n in sorted(os.listdir(os.path.join(REPO, "docs")))
+                           if n.endswith(".md")]
+  for page in pages:
+    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", _read(page)):
+      if "://" in target:
+        continue
+      path = os.path.normpath(os.path.join(REPO, os.path.dirname(page), target))
+      assert os.path.exists(path), f"{page} links to {target}, which does not exist"
+  for name in ("demo", "testing", "qwen2_vl", "data", "grpo", "ablations", "evaluation", "fitting", "benchmarks"):
+    assert f"(docs/{name}.md)" in readme, name
+
+
+# ------------------------------------------------------------------------------------------ .ci/run itself
+FAKE_PYTHON = """#!/usr/bin/env bash
+if [ "$1 $2" = "-m pytest" ]; then echo "pytest saw CI=$CI"; exit "$FAKE_PYTEST_RC"; fi
+cat >/dev/null 2>&1 || true
+echo "python stub $*"
+"""
+
+
+@pytest.mark.parametrize("rc", [0, 1])
+def test_ci_run_exports_ci_and_prints_its_wall_time_even_on_failure(tmp_path, rc):
+  """.ci/run with python and pip stubbed: pytest sees CI=true whatever the runner set, the script's status is
+  pytest's, and the last line is the wall time, also when the tests fail."""
+  (tmp_path / ".ci").mkdir()
+  shutil.copy(os.path.join(REPO, ".ci", "run"), tmp_path / ".ci" / "run")
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  for name, text in (("python", FAKE_PYTHON), ("pip", "#!/usr/bin/env bash\necho pip stub\n")):
+    (bin_dir / name).write_text(text)
+    (bin_dir / name).chmod(0o755)
+  env = {k: v for k, v in os.environ.items() if k != "CI"}
+  env.update(PATH=f"{bin_dir}:{env['PATH']}", FAKE_PYTEST_RC=str(rc), HOME=str(tmp_path))
+  p = subprocess.run(["bash", str(tmp_path / ".ci" / "run")], env=env, capture_output=True, text=True, timeout=60)
+  assert p.returncode == rc, (p.stdout, p.stderr)
+  assert "pytest saw CI=true" in p.stdout, p.stdout
+  last = p.stdout.strip().splitlines()[-1]
+  assert re.fullmatch(r"CI wall time: 0 min \d+ s", last), last

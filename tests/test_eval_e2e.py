@@ -35,8 +35,7 @@ def reference(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_outputs_and_recomputed_results(reference):
-  from tinyrs_jax.evaluation import metrics
+def test_outputs_and_files(reference):
   r = results(reference)["synthetic"]
   rows = predictions(reference)
   assert [row["index"] for row in rows] == list(range(24)) and r["examples"] == 24 and r["records"] == 24
@@ -47,12 +46,83 @@ def test_outputs_and_recomputed_results(reference):
       assert key in row, key
     if row["task"] == "ground":
       assert row["true_box"] and "iou" in row and row["size"] in ("small", "medium", "large")
-  assert metrics.aggregate(rows) == r["metrics"]  # results.json is a function of the predictions file
   assert {"accuracy", "accuracy/classify", "ground/acc@0.5", "ground/acc@0.7", "ground/miou"} <= set(r["metrics"])
   md = open(os.path.join(reference, "results.md")).read()
   assert "| synthetic | accuracy |" in md
   for picture in ("synthetic_confusion.png", "synthetic_grounding.png"):
     assert os.path.getsize(os.path.join(reference, "pictures", picture)) > 1000
+
+
+def chosen_output(row, j: int) -> str:
+  """The output this test writes for a row (j: the row's position among its task's rows)."""
+  task, ref = row["task"], row["reference"]
+  if task == "ground":
+    (w, h), (x1, y1, x2, y2) = row["image_size"], row["true_box"]
+    g = [f"{v * 1000 / s:.4f}" for v, s in ((x1, w), (y1, h), (x2, w), (y2, h))]  # decimals: kept as written
+    return [f"<answer>({g[0]},{g[1]}),({g[2]},{g[3]})</answer>",  # the true box: a hit in both columns
+            "I cannot tell",  # no box: a strict miss, dropped under tinyrs
+            f"({g[2]},{g[3]}),({g[0]},{g[1]})",  # reversed: a strict miss, a tinyrs miss that counts
+            f"( {g[0]}, {g[1]}),({g[2]},{g[3]})"][j % 4]  # spaces: strict reads it (hit), tinyrs drops it
+  if task == "classify":
+    return [ref, ""][j % 2]  # "": wrong under strict, correct under tinyrs (a substring of every answer)
+  if task in ("vqa_presence", "vqa_compare"):
+    return [f"{ref}.", {"yes": "no", "no": "yes"}[ref]][j % 2]
+  if task == "vqa_count":
+    return [ref, str(int(ref) + 1)][j % 2]  # "4" for "3": wrong in both
+  raise AssertionError(task)
+
+
+def hand_counts(rows) -> dict:
+  """The expected metrics, counted from the pattern above (exact fractions), not from the scoring code."""
+  from fractions import Fraction as F
+  n = {}
+  for row in rows:
+    n[row["task"]] = n.get(row["task"], 0) + 1
+  residue = lambda k, m, r: len([j for j in range(k) if j % m == r])  # of k rows, those with j % m == r
+  g = n["ground"]
+  hit, none, rev, spaced = (residue(g, 4, r) for r in range(4))
+  strict_right = {t: residue(n[t], 2, 0) for t in ("classify", "vqa_presence", "vqa_compare", "vqa_count")}
+  tinyrs_right = dict(strict_right, classify=n["classify"])
+  answered = sum(n[t] for t in strict_right)
+  expect = {"accuracy": (F(sum(strict_right.values()), answered), F(sum(tinyrs_right.values()), answered),
+                         answered, answered),
+            "ground/acc@0.5": (F(hit + spaced, g), F(hit, hit + rev), g, hit + rev),
+            "ground/parsed": (F(hit + spaced, g), F(hit + spaced, g), g, g)}
+  for t in strict_right:
+    expect[f"accuracy/{t}"] = (F(strict_right[t], n[t]), F(tinyrs_right[t], n[t]), n[t], n[t])
+  return expect
+
+
+@pytest.mark.slow
+def test_results_equal_hand_counts_after_rescoring(reference, tmp_path):
+  """Outputs chosen by this test, scored by re-scoring the saved predictions (a scoring change: no generation),
+  give the metrics counted by hand (exact fractions)."""
+  import shutil
+  wd = str(tmp_path / "rescored")
+  shutil.copytree(reference, wd)
+  rows, seen = predictions(wd), {}
+  for row in rows:
+    j = seen[row["task"]] = seen.get(row["task"], -1) + 1
+    row["output"] = chosen_output(row, j)
+  with open(os.path.join(wd, "predictions", "synthetic.jsonl"), "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+  before = results(wd)
+  before["synthetic"]["scoring"] = "an older scoring version"
+  with open(os.path.join(wd, "results.json"), "w") as f:
+    json.dump(before, f)
+  p = main(wd, *EVAL)
+  assert "re-scoring the saved predictions, no generation" in p.stderr
+  r = results(wd)["synthetic"]
+  assert r["rescored"] is True and r["fingerprint"] == before["synthetic"]["fingerprint"]
+  assert [row["output"] for row in predictions(wd)] == [row["output"] for row in rows]  # answers not regenerated
+  expect = hand_counts(rows)
+  assert expect["ground/acc@0.5"][3] > 0 and expect["ground/acc@0.5"][2] >= 4  # every ground case is present
+  for name, (strict, tinyrs, n_strict, n_tinyrs) in expect.items():
+    got = r["metrics"][name]
+    assert (got["n_strict"], got["n_tinyrs"]) == (n_strict, n_tinyrs), name
+    assert got["strict"] == pytest.approx(float(strict), abs=1e-12), name
+    assert got["tinyrs"] == pytest.approx(float(tinyrs), abs=1e-12), name
+  assert r["prompt_style"] == "ours"
 
 
 @pytest.mark.slow

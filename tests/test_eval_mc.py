@@ -14,7 +14,7 @@ from tinyrs_jax.data.records import SkipCounter
 from tinyrs_jax.data.tokenizer import Tokenizer
 from tinyrs_jax.evaluation import evaluator as eval_lib
 from tinyrs_jax.models import presets
-from tinyrs_jax.train import runner
+from tinyrs_jax import runtime
 from tinyrs_jax.train import state as state_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,7 +47,7 @@ def setup(tmp_path_factory):
   config = _config()
   cfg = presets.with_tokenizer(presets.get_preset("demo_8m"), Tokenizer.from_folder(tok_dir))
   model = state_lib.make_model(cfg)
-  mesh = runner.make_mesh(config)  # all 8 devices on the data axis
+  mesh = runtime.make_mesh(config)  # all 8 devices on the data axis
   params = jax.device_put(jax.jit(model.build)(jax.random.PRNGKey(1)), model.param_shardings(mesh))
   from tinyrs_jax.data.processor import Processor
   processor = Processor.from_folder(tok_dir, min_pixels=config.data.min_pixels, max_pixels=config.data.max_pixels)

@@ -163,3 +163,115 @@ def test_rules_never_raise_on_junk():
 def test_multiple_choice_raw_reference():
   row = rules.score("3", ex("mc", "C", extra={"choices": ["1", "2", "3 ships"], "raw_answer": "C. 3 ships"}))
   assert row["correct_strict"] is False and row["correct_tinyrs"] is True
+
+
+@pytest.mark.parametrize("output,tinyrs_iou", [
+    ("(60,0),(0,100)", 0.0),  # reversed: the original reads it, IoU 0, a miss that counts
+    ("<|box_start|>(0,0),(100,100)<|box_end|>", 1.0),
+    ("(0,0),(100,100) then (0,0),(50,50)", 1.0),  # the first counts
+    ("[0, 0, 50, 100]", 0.5),  # the reasoning models' list form, spaces allowed after commas
+    ("(0.0,0.0),(100.0,50.0)", 0.5),  # decimals as written
+    ("( 0,0),(100,100)", None),  # the original's grammar allows no spaces: dropped
+    ("(-1,0),(100,100)", None),  # nor signs
+    ("I cannot tell", None),
+])
+def test_tinyrs_column_reads_boxes_as_the_original(output, tinyrs_iou):
+  row = ground(output)
+  assert row["iou_tinyrs"] == (None if tinyrs_iou is None else pytest.approx(tinyrs_iou))
+  assert row["correct_tinyrs"] == (None if tinyrs_iou is None else tinyrs_iou >= 0.5)
+
+
+def test_reversed_box_counts_in_the_tinyrs_denominator():
+  rows = [dict(ground(o), task="ground") for o in ("(0,0),(100,100)", "(100,100),(0,0)", "no box")]
+  assert rows[1]["parsed"] is False and rows[1]["correct_strict"] is False  # strict: no valid box, a miss
+  m = metrics.aggregate(rows)
+  assert m["ground/acc@0.5"] == {"strict": 1 / 3, "tinyrs": 0.5, "n_strict": 3, "n_tinyrs": 2}
+
+
+def test_first_box_in_text_order_counts():
+  # a bare box written before a tagged one is the first (it was the tagged one before)
+  row = ground("(0,0),(100,100) <|box_start|>(500,500),(600,600)<|box_end|>")
+  assert row["iou"] == 1.0 and row["iou_tinyrs"] == 1.0
+
+
+def test_decimal_grid_coordinates_kept():
+  row = rules.score("(0,0),(100.4,100.4)", ex("ground", boxes=[{"label": "x", "box": [0, 0, 100, 100]}],
+                                               width=1000, height=1000))
+  assert row["pred_box"] == [0, 0, 100.4, 100.4]
+  assert row["iou"] == pytest.approx(100 * 100 / (100.4 * 100.4))
+
+
+def test_ground_without_a_true_box_is_unusable_not_a_miss():
+  rows = [dict(ground("(0,0),(100,100)"), task="ground"),
+          dict(rules.score("(0,0),(100,100)", ex("ground", width=1000, height=1000)), task="ground")]
+  assert rows[1]["correct_strict"] is None and rows[1]["no_true_box"]
+  m = metrics.aggregate(rows)
+  assert m["ground/acc@0.5"]["n_strict"] == 1 and m["ground/acc@0.5"]["strict"] == 1.0
+  assert metrics.unscored(rows) == {"no_true_box": 1}
+
+
+def multi(output, truths):
+  return dict(rules.score(output, ex("ground_multi", boxes=[{"label": "x", "box": list(t)} for t in truths],
+                                     width=1000, height=1000)), task="ground_multi")
+
+
+def test_ground_multi_one_to_one_matching():
+  truths = [(0, 0, 100, 100), (200, 200, 300, 300), (500, 500, 600, 600)]
+  # two predictions on the first truth (one may match), one on the second, one nowhere
+  out = ("<|box_start|>(0,0),(100,100)<|box_end|><|box_start|>(0,0),(100,90)<|box_end|>"
+         "<|box_start|>(200,200),(300,300)<|box_end|><|box_start|>(900,900),(950,950)<|box_end|>")
+  row = multi(out, truths)
+  assert (row["n_pred"], row["n_true"], row["matched"]) == (4, 3, 2)
+  # a maximum matching, not a greedy one: p0 overlaps t0 and t1 at >= 0.5, p1 only t0
+  assert rules.match_boxes([(0, 0, 10, 10), (0, 0, 10, 10)], [(0, 0, 10, 10), (0, 0, 10, 6)]) == 2
+  assert rules.match_boxes([(0, 0, 10, 6), (0, 0, 10, 10)], [(0, 0, 10, 10), (50, 50, 60, 60)]) == 1
+  rows = [row, multi("nothing", truths[:2]), multi("(0,0),(100,100)", truths[:1])]
+  m = metrics.aggregate(rows)
+  assert m["ground_multi/precision"] == {"strict": 3 / 5, "tinyrs": 3 / 5, "n_strict": 5, "n_tinyrs": 5}
+  assert m["ground_multi/recall"] == {"strict": 3 / 6, "tinyrs": 3 / 6, "n_strict": 6, "n_tinyrs": 6}
+  assert m["ground_multi/rows"]["strict"] == 3 and not metrics.unscored(rows)
+
+
+def test_vrsbench_cumulative_iou_and_unique_split():
+  # 1000 x 1000: pixels = grid. Areas: truth 100x100 = 10000 each.
+  cases = [("(0,0),(100,100)", True),  # inter 10000, union 10000
+           ("(0,0),(100,50)", False),  # inter 5000, union 10000
+           ("nothing", False)]  # strict: inter 0, union 10000; tinyrs: dropped
+  rows = [dict(ground(o), task="ground", unique=u) for o, u in cases]
+  m = metrics.aggregate(rows)
+  assert m["ground/cum_iou"] == {"strict": 15000 / 30000, "tinyrs": 15000 / 20000, "n_strict": 3, "n_tinyrs": 2}
+  assert m["ground/miou"]["strict"] == pytest.approx(1.5 / 3)
+  assert m["ground/acc@0.5/unique"]["strict"] == 1.0 and m["ground/acc@0.5/unique"]["n_strict"] == 1
+  assert m["ground/acc@0.5/non_unique"] == {"strict": 0.5, "tinyrs": 1.0, "n_strict": 2, "n_tinyrs": 1}
+  assert m["ground/cum_iou/non_unique"]["strict"] == 5000 / 20000
+
+
+def test_unscored_rows_listed_in_results_md():
+  rows = [{"task": "chat", **rules.score("hi", ex("chat"))}, {"task": "caption", **rules.score("x", ex("caption"))}]
+  assert metrics.unscored(rows) == {"no_rule": 1, "no_reference": 1}
+  md = metrics.markdown_table({"b": {"metrics": {}, "unscored": metrics.unscored(rows)}})
+  assert "b: 1 tasks no rule scores" in md and "b: 1 records without a reference" in md
+
+
+def test_fingerprints_cover_record_contents_and_scoring_version(monkeypatch):
+  """An edited benchmark file (same number of records) changes the answers' fingerprint; a scoring change (the
+  version constant or a scoring setting) changes the scores' fingerprint, which alone means re-scoring."""
+  import dataclasses
+
+  import ml_collections
+
+  from tinyrs_jax.data.records import Record
+  from tinyrs_jax.evaluation import results
+  recs = [Record(id="a", image="x.png", messages=[{"role": "user", "content": "<image>What?"},
+                                                   {"role": "assistant", "content": "forest"}],
+                 task="classify", answer="forest")]
+  digest = results.records_digest(recs)
+  assert results.records_digest([dataclasses.replace(recs[0])]) == digest
+  assert results.records_digest([dataclasses.replace(recs[0], answer="water")]) != digest
+  assert results.records_digest([dataclasses.replace(recs[0], boxes=(("x", (0, 0, 1, 1)),))]) != digest
+  cfg = ml_collections.ConfigDict(dict(answer_tag="answer", think_tags="think", box_format="qwen1000", batch_size=8))
+  fp = results.scoring_fingerprint(cfg)
+  assert results.scoring_fingerprint(ml_collections.ConfigDict(dict(cfg.to_dict(), batch_size=16))) == fp
+  assert results.scoring_fingerprint(ml_collections.ConfigDict(dict(cfg.to_dict(), box_format="pixels"))) != fp
+  monkeypatch.setattr(rules, "SCORING_VERSION", rules.SCORING_VERSION + 1)
+  assert results.scoring_fingerprint(cfg) != fp

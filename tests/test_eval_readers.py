@@ -413,3 +413,38 @@ def test_lazy_image_errors_name_the_image():
   assert e.value.reason == "corrupt_image"
   with pytest.raises(DataError, match="broken#0"):
     images_lib.image_size(Broken())
+
+
+def test_prompt_style_tinyrs_uses_the_originals_prompts():
+  """eval.prompt_style=tinyrs: the original work's Qwen2-VL prompts (prefix + " " + question + " " + suffix, then
+  "<image>\\n" removed), built from the question as the files write it; `ours` keeps the readers' prompts."""
+  from tinyrs_jax.evaluation import evaluator, suite
+  root = FIXTURES / "tinyrs_eval"
+
+  def prompts(fname, style):
+    b = dict(format="tinyrs_eval", path=str(root / fname), task="", prompt="", limit=-1)
+    records, _ = evaluator.load_benchmark("b", b, "{question}", -1, style)
+    return [r.messages[-1]["content"] for r in records]
+
+  assert prompts("VG_DOIR_RSVG_test.json", "tinyrs")[0] == (
+      "<image>Output the bounding box of the following object in the image. <|object_ref_start|> Please provide "
+      "the bounding box coordinate of the region this sentence describes: the vehicle on the left "
+      "<|object_ref_end|>")
+  assert prompts("RSVQA_LR-comp_RSVQA.json", "tinyrs") == ["<image> Are there more buildings than roads? ",
+                                                            "<image> Is there a water area? "]
+  assert prompts("cls_AID.json", "tinyrs")[0].startswith("<image> Classify the image")
+  assert prompts("RSVQA_LR-comp_RSVQA.json", "ours") == ["<image>Are there more buildings than roads?",
+                                                          "<image>Is there a water area?"]
+  # RSVQA's own files: the question without our appended "Answer yes or no."
+  assert suite.original_prompt("vqa_presence", {"raw_question": "Is there a road?"}) == "<image> Is there a road? "
+  assert suite.original_prompt("caption", {"raw_question": "x"}) is None and suite.original_prompt("ground", {}) is None
+  with pytest.raises(ValueError, match="prompt_style"):
+    prompts("cls_AID.json", "theirs")
+
+
+def test_prompt_style_defaults():
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("eval_config", Path(__file__).parents[1] / "configs" / "eval.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  assert mod.get_config().eval.prompt_style == "tinyrs" and mod.get_config("demo").eval.prompt_style == "ours"

@@ -152,6 +152,19 @@ def test_vrsbench(tmp_path):
   assert cap.task == "caption" and cap.answer is None and "[caption]" not in cap.messages[0]["content"]
 
 
+
+def test_vrsbench_box_in_the_question_is_not_truth(tmp_path):
+  """A box written in the question is context: the true boxes are the ground truth's only (it used to be
+  `found_q + found`, making the question's box the one scored)."""
+  _png(tmp_path / "Images_val" / "a.png", w=100, h=100)
+  data = [{"image_id": "a.png", "question": "[refer] The car next to {<0><0><10><10>}.",
+           "ground_truth": "{<50><50><70><70>}", "question_id": 1, "unique": False}]
+  path = tmp_path / "VRSBench_EVAL_referring.json"
+  path.write_text(json.dumps(data))
+  (refer,) = readers.load_records("vrsbench", str(path), skips=_strict())
+  assert refer.task == "ground" and [b for _, b in refer.boxes] == [(50.0, 50.0, 70.0, 70.0)]
+
+
 # ------------------------------------------------------------------------------------------- DIOR-RSVG
 
 def _dior_xml(filename, objects, w=800, h=800):
@@ -225,7 +238,9 @@ def test_rsvqa(tmp_path):
   assert [r.answer for r in recs] == ["yes", "no", "rural", "between 11 and 100"]
   assert recs[0].image == str(tmp_path / "Images_LR" / "0.tif")
   assert recs[0].messages[0]["content"] == "<image>Is there a building? Answer yes or no."
-  assert recs[1].extra == {"question_type": "comp", "question_id": 1, "img_id": 0}
+  raw = recs[1].extra["raw_question"]  # the question as the files write it (prompt_style tinyrs builds on it)
+  assert recs[1].extra == {"question_type": "comp", "question_id": 1, "img_id": 0, "raw_question": raw}
+  assert "Answer yes or no" not in raw
   assert recs[0].id == "rsvqa_LR_test_0"
   assert skips.notes["inactive_question"] == 1
   plain = readers.load_records("rsvqa", str(tmp_path), split="test", answer_hints=False, skips=_strict())

@@ -6,7 +6,10 @@ top-left then bottom-right corner, each coordinate normalized to [0, 1000).
 Rounding rule, pixels -> text: `min(max(round(v / size * 1000), 0), 999)` with Python's `round`, which is
 round-half-to-even on the float quotient: 0.5 -> 0, 1.5 -> 2, 2.5 -> 2 (e.g. x = 5 px of width 2000 gives
 2.5 -> 2, x = 7 px gives 3.5 -> 4). Coordinates outside the image clip to 0 and 999, so x = width gives 999.
-Text -> pixels is `v / 1000 * size` (floats, no rounding).
+Text -> pixels is `v * size / 1000` (floats, no rounding), multiplied first as the original work's evaluation
+does: `v / 1000 * size` is not exact (545 / 1000 * 800 = 436.00000000000006, 145 / 1000 * 800 =
+115.99999999999999), and an IoU of exactly 0.5 must stay 0.5 on every image size. Coordinates are read as
+written: a decimal grid value (other models write them) is kept, not rounded.
 
 Parsing is regex-only: nothing from model output is ever evaluated.
 """
@@ -49,29 +52,50 @@ def box_to_text(box_xyxy_pixels: Sequence[float], width: float, height: float, l
   return box if label is None else f"{REF_START}{label}{REF_END}{box}"
 
 
-def _ints(groups: Sequence[str]) -> tuple[int, int, int, int]:
-  x1, y1, x2, y2 = (int(round(float(g))) for g in groups)
+Coords = tuple[float, float, float, float]
+
+
+def _number(g: str) -> float:
+  """A coordinate as written: an int for "545", the float for "545.5" (never rounded)."""
+  return float(g) if "." in g else int(g)
+
+
+def _coords(groups: Sequence[str]) -> Coords:
+  x1, y1, x2, y2 = (_number(g) for g in groups)
   return x1, y1, x2, y2
 
 
-def parse_boxes(text: str) -> list[tuple[str | None, tuple[int, int, int, int]]]:
+def _label(m: re.Match) -> str | None:
+  return m.group("label").strip() if m.group("label") is not None else None
+
+
+def parse_boxes(text: str) -> list[tuple[str | None, Coords]]:
   """All boxes in `text` as (label or None, (x1, y1, x2, y2) on the 0-1000 grid, as written), in order.
 
-  Tolerates spaces inside the coordinates and decimal values (rounded). When the text has no
-  <|box_start|> boxes, bare `(x1,y1),(x2,y2)` pairs are accepted instead (models often drop the tokens,
-  and skip_special_tokens decoding removes them).
+  Tolerates spaces inside the coordinates; decimal values are kept. When the text has no <|box_start|>
+  boxes, bare `(x1,y1),(x2,y2)` pairs are accepted instead (models often drop the tokens, and
+  skip_special_tokens decoding removes them).
   """
-  tagged = [((m.group("label").strip() if m.group("label") is not None else None), _ints(m.groups()[1:]))
-            for m in _TAGGED.finditer(text)]
+  tagged = [(_label(m), _coords(m.groups()[1:])) for m in _TAGGED.finditer(text)]
   if tagged:
     return tagged
-  return [(None, _ints(m.groups())) for m in _BARE.finditer(text)]
+  return [(None, _coords(m.groups())) for m in _BARE.finditer(text)]
+
+
+def first_box(text: str) -> tuple[str | None, Coords] | None:
+  """The first box in TEXT ORDER, tagged (`<|box_start|>…`) or bare (`(x1,y1),(x2,y2)`), as (label or None,
+  grid coordinates as written); None without one. "The first box counts" means this one: a bare box written
+  before a tagged one is the first."""
+  tagged, bare = _TAGGED.search(text), _BARE.search(text)
+  if tagged is not None and (bare is None or bare.start() >= tagged.start()):  # a tagged box's own coordinates
+    return _label(tagged), _coords(tagged.groups()[1:])  # are a bare match inside it, after its start
+  return (None, _coords(bare.groups())) if bare is not None else None
 
 
 def box_from_norm1000(box: Sequence[float], width: float, height: float) -> tuple[float, float, float, float]:
-  """0-1000 grid box -> pixel box (floats), v / 1000 * size."""
+  """0-1000 grid box -> pixel box (floats), v * size / 1000 (the module docstring says why in that order)."""
   x1, y1, x2, y2 = box
-  return (x1 / 1000 * width, y1 / 1000 * height, x2 / 1000 * width, y2 / 1000 * height)
+  return (x1 * width / 1000, y1 * height / 1000, x2 * width / 1000, y2 * height / 1000)
 
 
 def iou(a: Sequence[float], b: Sequence[float]) -> float:

@@ -17,9 +17,13 @@ For each benchmark, in config order:
      have stopped on it);
   4. results.json / results.md get the benchmark's metrics (recomputable from the predictions file alone), and
      DIR/pictures its confusion matrix (classification) and grounding grid (best and worst).
-A benchmark already in results.json with the same fingerprint (checkpoint and the step loaded, reader entry,
-eval settings, image and length limits) is not recomputed. Process 0 decides what is skipped or resumed and
-tells the others, so hosts never disagree about the batches.
+A benchmark already in results.json with the same fingerprints (results.py: the answers' — checkpoint and the
+step loaded, reader entry, the records' contents, generation settings, image and length limits — and the
+scores' — rules.SCORING_VERSION and the scoring settings) is not recomputed; when only the scores' changed and
+the predictions file is complete, its saved answers are re-scored without generating. Process 0 decides what is
+skipped, re-scored or resumed and tells the others, so hosts never disagree about the batches.
+Prompts (eval.prompt_style): `tinyrs` gives every record whose original wording is known the original work's
+prompt (suite.original_prompt); `ours` keeps the readers' prompts. results.json records which one ran.
 """
 from __future__ import annotations
 
@@ -37,14 +41,16 @@ from absl import logging
 
 from tinyrs_jax import sharding as sharding_lib
 from tinyrs_jax.evaluation import metrics as metrics_lib
+from tinyrs_jax.evaluation import results as results_lib
 from tinyrs_jax.evaluation import rules
 from tinyrs_jax.sampling import generate as gen_lib
 from tinyrs_jax.sampling.completions import Completions, eos_ids
 from tinyrs_jax.train import input as input_lib
 from tinyrs_jax.train import metrics as train_metrics
-from tinyrs_jax.train import runner
+from tinyrs_jax import runtime
 
-RESULTS_JSON, RESULTS_MD, PREDICTIONS, PICTURES = "results.json", "results.md", "predictions", "pictures"
+RESULTS_JSON, RESULTS_MD = results_lib.RESULTS_JSON, results_lib.RESULTS_MD
+PREDICTIONS, PICTURES = "predictions", "pictures"
 READER_OPTIONS = ("split", "image_dir", "data_dir", "prefix")
 
 
@@ -71,8 +77,10 @@ def selected(config) -> list[tuple[str, dict]]:
   return out
 
 
-def load_benchmark(name: str, b: dict, default_prompt: str, default_limit: int):
-  """The benchmark's records, in file order, ready for prompting; and the reader's SkipCounter."""
+def load_benchmark(name: str, b: dict, default_prompt: str, default_limit: int, prompt_style: str = "ours"):
+  """The benchmark's records, in file order, ready for prompting; and the reader's SkipCounter. prompt_style
+  `tinyrs` puts the original work's prompt where a record carries its raw question (suite.original_prompt)."""
+  from tinyrs_jax.evaluation import suite
   from tinyrs_jax.data import readers
   from tinyrs_jax.data.records import TASKS, SkipCounter
   fmt = b["format"]
@@ -96,10 +104,14 @@ def load_benchmark(name: str, b: dict, default_prompt: str, default_limit: int):
   if "{question}" not in template:
     raise ValueError(f"benchmark {name}: the prompt template {template!r} has no {{question}}")
   out = []
+  if prompt_style not in suite.PROMPT_STYLES:
+    raise ValueError(f"eval.prompt_style must be one of {suite.PROMPT_STYLES}, got {prompt_style!r}")
   for r in records:
     messages = [dict(m) for m in r.prompt_messages]
     last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
-    messages[last_user]["content"] = template.replace("{question}", messages[last_user]["content"])
+    original = suite.original_prompt(task or r.task, r.extra) if prompt_style == "tinyrs" else None
+    question = messages[last_user]["content"] if original is None else original
+    messages[last_user]["content"] = template.replace("{question}", question)
     out.append(dataclasses.replace(r, messages=messages, task=task or r.task,
                                    extra={**r.extra, "reference_text": _assistant_text(r)}))
   limit = int(b.get("limit", -1))
@@ -136,6 +148,10 @@ def prediction_row(index: int, record, output: str, length: int, truncated: bool
   if record.task == "caption":
     refs = extra.get("references") or ([extra["reference_text"]] if extra.get("reference_text") else [])
     row["references"] = [str(x) for x in refs]
+  if record.task in ("ground", "ground_multi"):  # the image size the boxes were scaled to (pixels)
+    row["image_size"] = [example["width"], example["height"]]
+  if record.task == "ground" and "unique" in extra:  # VRSBench's unique / non-unique split
+    row["unique"] = str(extra["unique"]).strip().lower() in ("true", "1", "yes")
   row.update(rules.score(output, example, **score_kw))
   return row
 
@@ -150,6 +166,23 @@ def skipped_row(index: int, record, score_kw: dict) -> dict:
   if row.get("task") == "ground":
     row["iou_tinyrs"] = None
   return row
+
+
+def rescore_rows(rows: list[dict], records, score_kw: dict) -> list[dict]:
+  """A complete predictions file's rows scored again from their saved outputs (no generation): what a change of
+  the scoring code or settings alone needs."""
+  out = []
+  for row in rows:
+    record = records[row["index"]]
+    if row.get("skipped"):
+      new = skipped_row(row["index"], record, score_kw)
+    else:
+      new = prediction_row(row["index"], record, row["output"], row["length"], row["truncated"], score_kw)
+    for key in ("option_logprobs",):
+      if key in row:
+        new[key] = row[key]
+    out.append(new)
+  return out
 
 
 # ---------------------------------------------------------------------------------------- the evaluation
@@ -289,31 +322,14 @@ class Evaluator:
 
 # ----------------------------------------------------------------------------------------------- files
 
-def _write_json(path: str, obj) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=1, ensure_ascii=False)
-  os.replace(tmp, path)
-
-
-def read_results(workdir: str) -> dict:
-  path = os.path.join(workdir, RESULTS_JSON)
-  if not os.path.exists(path):
-    return {}
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
-
-
-def write_results(workdir: str, results: dict) -> None:
-  _write_json(os.path.join(workdir, RESULTS_JSON), results)
-  with open(os.path.join(workdir, RESULTS_MD), "w", encoding="utf-8") as f:
-    f.write(metrics_lib.markdown_table(results))
+_write_json, read_results, write_results = results_lib.write_json, results_lib.read_results, results_lib.write_results
+resume_point = results_lib.resume_point
 
 
 IDENTITY_EXCLUDED = ("run", "log_every_s", "pictures", "picture_examples")  # eval fields that change no number
 
 
-def loaded_step(source: runner.ModelSource, config) -> int | None:
+def loaded_step(source: runtime.ModelSource, config) -> int | None:
   """The checkpoint step an init.workdir source resolves to (its latest when none is named)."""
   from tinyrs_jax.checkpoint import orbax_io
   if source.init != "workdir":
@@ -325,31 +341,16 @@ def loaded_step(source: runner.ModelSource, config) -> int | None:
   return step
 
 
-def fingerprint(name: str, b: dict, config, source: runner.ModelSource, num_records: int) -> str:
-  """What decides a benchmark's numbers: a benchmark whose fingerprint is in results.json is not recomputed."""
+def fingerprint(name: str, b: dict, config, source: runtime.ModelSource, records) -> str:
+  """What decides a benchmark's answers (results.py); the scores' own is results.scoring_fingerprint."""
   d = config.data
-  key = {"benchmark": name, "entry": b, "records": num_records,
+  excluded = IDENTITY_EXCLUDED + results_lib.SCORING_FIELDS
+  key = {"benchmark": name, "entry": b, "records": len(records), "contents": results_lib.records_digest(records),
          "checkpoint": [source.init, source.init_path, loaded_step(source, config)],
-         "eval": {k: v for k, v in config.eval.to_dict().items() if k not in IDENTITY_EXCLUDED},
+         "eval": {k: v for k, v in config.eval.to_dict().items() if k not in excluded},
          "data": [d.min_pixels, d.max_pixels, d.max_length, list(d.length_buckets), list(d.patch_buckets)],
          "model": [config.model.dtype, int(config.seed)]}
   return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def resume_point(pred_path: str, progress_path: str, fp: str) -> int:
-  """(Process 0) records already answered by an interrupted run with the same fingerprint (0: start over); the
-  predictions file is cut back to exactly those records' rows (a line cut short by a kill is dropped)."""
-  if not (os.path.exists(progress_path) and os.path.exists(pred_path)):
-    return 0
-  with open(progress_path, encoding="utf-8") as f:
-    progress = json.load(f)
-  if progress.get("fingerprint") != fp:
-    return 0
-  done = int(progress["records_done"])
-  rows = [r for r in metrics_lib.read_rows(pred_path, tolerant=True) if r["index"] < done]
-  with open(pred_path, "w", encoding="utf-8") as f:
-    f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-  return done
 
 
 def _agree(values: list[int]) -> list[int]:
@@ -383,10 +384,10 @@ def _source_and_model(config, workdir: str):
     raise ValueError(f"--workdir={workdir} holds training checkpoints: evaluate them with "
                      f"--config.init.workdir={workdir} and write the evaluation to another --workdir")
   spec_tok = config.data.get("tokenizer_dir") or demo_assets(config)
-  source = runner.resolve_model(config, workdir, spec_tok)
+  source = runtime.resolve_model(config, workdir, spec_tok)
   if not source.tokenizer_dir:
     raise ValueError("evaluation decodes answers: it needs a tokenizer (data.tokenizer_dir or the checkpoint's)")
-  model = runner.make_model(config, source)
+  model = runtime.configured_model(config, source)
   dtype = jnp.dtype(as_dtype(model.kwargs["dtype"]))
   return source, model, dtype
 
@@ -400,40 +401,53 @@ def eval_processor(config, tokenizer_dir: str):
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Evaluates the configured checkpoint on the selected benchmarks into `workdir`; returns the results."""
-  from tinyrs_jax.evaluation import pictures
   t_start = time.time()
   demo_assets(config)
   benches = selected(config)  # config mistakes fail before the model loads
   source, model, dtype = _source_and_model(config, workdir)
-  mesh = runner.make_mesh(config)
+  mesh = runtime.make_mesh(config)
   input_lib.check_batch_split(int(config.eval.batch_size), mesh.shape["data"] * mesh.shape["fsdp"],
                               jax.process_count(), "eval.batch_size")
   main = jax.process_index() == 0
   os.makedirs(os.path.join(workdir, PREDICTIONS), exist_ok=True)
-  params = runner.load_frozen_params(config, source, model, model.param_shardings(mesh), dtype)
+  params = runtime.load_frozen_params(config, source, model, model.param_shardings(mesh), dtype)
   logging.info("evaluating %s (%s) on %s", source.init_path or "random init", source.init,
                [n for n, _ in benches])
   evaluator = Evaluator.from_eval_config(config, model, mesh, eval_processor(config, source.tokenizer_dir),
                                         source.tokenizer_dir)
   results = read_results(workdir) if main else {}
   for name, b in benches:
-    records, skips = load_benchmark(name, b, config.eval.prompt, int(config.eval.limit))
+    style = str(config.eval.get("prompt_style", "ours"))
+    records, skips = load_benchmark(name, b, config.eval.prompt, int(config.eval.limit), style)
     if any(r.task == "caption" for r in records) and not _has_caption_scorers():
       raise ImportError(f"{name} has captions, scored with pycocoevalcap: pip install -e \".[eval]\"")
-    fp = fingerprint(name, b, config, source, len(records))
+    fp = fingerprint(name, b, config, source, records)
+    score_fp = results_lib.scoring_fingerprint(config.eval)
     pred_path = os.path.join(workdir, PREDICTIONS, f"{name}.jsonl")
     progress_path = os.path.join(workdir, PREDICTIONS, f"{name}.progress.json")
-    finished = main and results.get(name, {}).get("fingerprint") == fp
-    start = resume_point(pred_path, progress_path, fp) if main and not finished else 0
-    finished, start = _agree([int(finished), start])
+    same_answers = main and results.get(name, {}).get("fingerprint") == fp
+    finished = same_answers and results[name].get("scoring") == score_fp
+    rescore = (not finished and same_answers
+               and results_lib.complete(pred_path, progress_path, fp, len(records)))
+    start = resume_point(pred_path, progress_path, fp) if main and not (finished or rescore) else 0
+    finished, rescore, start = _agree([int(finished), int(rescore), start])
     if finished:
       logging.info("eval %s: already in %s (same checkpoint and settings), not recomputed", name, RESULTS_JSON)
+      continue
+    t0 = time.time()
+    if rescore:
+      logging.info("eval %s: the scoring changed (rules.SCORING_VERSION or its settings): re-scoring the saved "
+                   "predictions, no generation", name)
+      rows = rescore_rows(metrics_lib.read_rows(pred_path), records, evaluator.score_kw) if main else []
+      if main:
+        results_lib.write_rows(pred_path, rows)
+      _finish(config, workdir, results, name, b, records, skips, rows, fp, score_fp, style, source, start=0,
+              seconds=time.time() - t0, rescored=True)
       continue
     if start:
       logging.info("eval %s: resuming after %d of %d records", name, start, len(records))
     elif main:
       open(pred_path, "w").close()
-    t0 = time.time()
 
     def on_batch(rows, done, pred_path=pred_path, progress_path=progress_path, fp=fp):
       if main:
@@ -446,22 +460,34 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
     evaluator.answer_records(params, records[start:], first_index=start, on_batch=on_batch, name=name)
     rows = metrics_lib.read_rows(pred_path) if main else []
-    skipped = sum(bool(r.get("skipped")) for r in rows)
-    seconds = time.time() - t0
-    results[name] = {"fingerprint": fp, "format": b["format"], "path": b["path"], "records": len(records),
-                     "examples": len(rows), "skipped_unusable": skipped,
-                     "reader_skips": dict(skips.skipped), "seconds": round(seconds, 1),
-                     "examples_per_s": round((len(records) - start) / max(seconds, 1e-9), 3),
-                     "checkpoint": source.init_path or "random init",
-                     "metrics": metrics_lib.aggregate(rows) if main else {}}
-    if main:
-      write_results(workdir, results)
-      if config.eval.get("pictures", True):
-        pictures.write_pictures(os.path.join(workdir, PICTURES), name, rows, records,
-                                int(config.eval.get("picture_examples", 6)))
-      _log_metrics(name, results[name])
+    _finish(config, workdir, results, name, b, records, skips, rows, fp, score_fp, style, source, start=start,
+            seconds=time.time() - t0, rescored=False)
   logging.info("evaluation done in %.0fs: %s", time.time() - t_start, os.path.join(workdir, RESULTS_MD))
   return {"results": results, "seconds": time.time() - t_start}
+
+
+def _finish(config, workdir, results, name, b, records, skips, rows, fp, score_fp, style, source, *, start: int,
+            seconds: float, rescored: bool) -> None:
+  """The benchmark's results.json entry from its rows (process 0 writes it, its tables and pictures)."""
+  from tinyrs_jax.evaluation import pictures, suite
+  main = jax.process_index() == 0
+  results[name] = {"fingerprint": fp, "scoring": score_fp, "scoring_version": rules.SCORING_VERSION,
+                   "prompt_style": style,
+                   "original_prompts": sum(suite.original_prompt(r.task, r.extra) is not None for r in records)
+                   if style == "tinyrs" else 0,
+                   "format": b["format"], "path": b["path"], "records": len(records),
+                   "examples": len(rows), "skipped_unusable": sum(bool(r.get("skipped")) for r in rows),
+                   "unscored": metrics_lib.unscored(rows), "rescored": rescored,
+                   "reader_skips": dict(skips.skipped), "seconds": round(seconds, 1),
+                   "examples_per_s": 0.0 if rescored else round((len(records) - start) / max(seconds, 1e-9), 3),
+                   "checkpoint": source.init_path or "random init",
+                   "metrics": metrics_lib.aggregate(rows) if main else {}}
+  if main:
+    write_results(workdir, results)
+    if config.eval.get("pictures", True):
+      pictures.write_pictures(os.path.join(workdir, PICTURES), name, rows, records,
+                              int(config.eval.get("picture_examples", 6)))
+    _log_metrics(name, results[name])
 
 
 def _log_metrics(name: str, entry: dict) -> None:

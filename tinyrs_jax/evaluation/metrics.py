@@ -8,7 +8,11 @@ rule set (evaluation/rules.py) and the number of examples it is over. Names:
   accuracy                  every example with a short reference (not grounding, not captions)
   accuracy/<task>           the same per task (classify, vqa_presence, mc, ...)
   type/<question type>      per question type (RSVQA's presence/comp/..., LHRS-Bench's 11 types, VRSBench's)
-  ground/acc@0.5, ground/acc@0.7, ground/miou, ground/acc@0.5/{small,medium,large}, ground/parsed
+  ground/acc@0.5, ground/acc@0.7, ground/miou, ground/cum_iou (sum of intersections / sum of unions, VRSBench's
+      cumulative IoU), ground/acc@0.5/{small,medium,large}, ground/parsed; with VRSBench's `unique` flag also
+      ground/{acc@0.5,acc@0.7,miou,cum_iou}/{unique,non_unique}. Rows without a true box are in none of these.
+  ground_multi/precision, ground_multi/recall   one-to-one matches at IoU 0.5 over all predicted / all true boxes
+      (rules.py; no original rule: the same value in both columns), ground_multi/rows
   caption/bleu1..4, caption/rouge_l, caption/cider   (no rule set applies: the same value in both columns)
 """
 from __future__ import annotations
@@ -35,6 +39,48 @@ def _correct(rows: list[dict]) -> dict:
                  [float(r["correct_tinyrs"]) for r in rows if r.get("correct_tinyrs") is not None])
 
 
+def _cum_iou(strict: Sequence[dict], tinyrs: Sequence[dict]) -> dict:
+  ratio = lambda rows, i, u: float(sum(r[i] for r in rows) / max(sum(r[u] for r in rows), 1e-12)) if rows else 0.0
+  return {"strict": ratio(strict, "inter", "union"), "tinyrs": ratio(tinyrs, "inter_tinyrs", "union_tinyrs"),
+          "n_strict": len(strict), "n_tinyrs": len(tinyrs)}
+
+
+def _ground_metrics(out: dict, ground: list[dict], suffix: str = "") -> None:
+  parsed = [r for r in ground if r.get("iou_tinyrs") is not None]
+  for t in (0.5, 0.7):
+    out[f"ground/acc@{t}{suffix}"] = _metric([float(r["iou"] >= t) for r in ground],
+                                             [float(r["iou_tinyrs"] >= t) for r in parsed])
+  out[f"ground/miou{suffix}"] = _metric([r["iou"] for r in ground], [r["iou_tinyrs"] for r in parsed])
+  if all("union" in r for r in ground):
+    out[f"ground/cum_iou{suffix}"] = _cum_iou(ground, [r for r in parsed if "union_tinyrs" in r])
+
+
+UNSCORED_REASONS = {"no_true_box": "grounding records without a true box (unusable)",
+                    "no_reference": "records without a reference answer or references",
+                    "no_rule": "tasks no rule scores (chat, reasoning)"}
+
+
+def unscored(rows: Iterable[dict]) -> dict[str, int]:
+  """{reason: count} of the rows no metric reads (results.md lists them)."""
+  out: dict[str, int] = {}
+  for r in rows:
+    task = r.get("task")
+    if r.get("no_true_box"):
+      reason = "no_true_box"
+    elif task in ("ground", "ground_multi") or r.get("correct_strict") is not None:
+      continue
+    elif task == "caption":
+      if r.get("references"):
+        continue
+      reason = "no_reference"
+    elif task in ("chat", "reason"):
+      reason = "no_rule"
+    else:
+      reason = "no_reference"
+    out[reason] = out.get(reason, 0) + 1
+  return out
+
+
 def question_types(row: dict) -> list[str]:
   types = row.get("question_types") or []
   return [str(t) for t in (types if isinstance(types, list) else [types]) if str(t)]
@@ -51,13 +97,9 @@ def aggregate(rows: Iterable[dict], *, caption_metrics: bool = True) -> dict[str
       out[f"accuracy/{task}"] = _correct([r for r in answered if r["task"] == task])
     for qtype in sorted({t for r in answered for t in question_types(r)}):
       out[f"type/{qtype}"] = _correct([r for r in answered if qtype in question_types(r)])
-  ground = [r for r in rows if r.get("task") == "ground"]
+  ground = [r for r in rows if r.get("task") == "ground" and r.get("iou") is not None]
   if ground:
-    parsed = [r for r in ground if r.get("iou_tinyrs") is not None]
-    for t in (0.5, 0.7):
-      out[f"ground/acc@{t}"] = _metric([float(r["iou"] >= t) for r in ground],
-                                      [float(r["iou_tinyrs"] >= t) for r in parsed])
-    out["ground/miou"] = _metric([r["iou"] for r in ground], [r["iou_tinyrs"] for r in parsed])
+    _ground_metrics(out, ground)
     for size in SIZES:
       g = [r for r in ground if r.get("size") == size]
       if g:
@@ -70,6 +112,18 @@ def aggregate(rows: Iterable[dict], *, caption_metrics: bool = True) -> dict[str
       out[f"ground/acc@0.5/{qtype}"] = _metric([float(r["iou"] >= 0.5) for r in g],
                                               [float(r["iou_tinyrs"] >= 0.5) for r in g
                                                if r.get("iou_tinyrs") is not None])
+    if any(r.get("unique") is not None for r in ground):
+      for name, flag in (("unique", True), ("non_unique", False)):
+        g = [r for r in ground if r.get("unique") is flag]
+        if g:
+          _ground_metrics(out, g, f"/{name}")
+  multi = [r for r in rows if r.get("task") == "ground_multi" and not r.get("no_true_box") and "n_true" in r]
+  if multi:
+    hits = sum(r["matched"] for r in multi)
+    n_pred, n_true = sum(r["n_pred"] for r in multi), sum(r["n_true"] for r in multi)
+    out["ground_multi/precision"] = _same(hits / n_pred if n_pred else 0.0, n_pred)
+    out["ground_multi/recall"] = _same(hits / n_true if n_true else 0.0, n_true)
+    out["ground_multi/rows"] = _same(len(multi), len(multi))
   captions = [r for r in rows if r.get("task") == "caption" and r.get("references")]
   if captions and caption_metrics:
     from tinyrs_jax.evaluation import captions as captions_lib
@@ -123,6 +177,8 @@ def markdown_table(results: dict[str, dict]) -> str:
       n = f"{v['n_strict']}" if v["n_strict"] == v["n_tinyrs"] else f"{v['n_strict']} / {v['n_tinyrs']}"
       lines.append(f"| {name} | {metric} | {v['strict']:.4f} | {v['tinyrs']:.4f} | {n} |")
   for name, entry in results.items():
+    for reason, n in (entry.get("unscored") or {}).items():
+      lines.append(f"\n{name}: {n} {UNSCORED_REASONS.get(reason, reason)}: not scored, in no metric.")
     if entry.get("skipped_unusable"):
       lines.append(f"\n{name}: {entry['skipped_unusable']} records could not be used (unreadable image or prompt "
                    "over data.max_length): misses under strict, not counted under tinyrs.")
@@ -132,4 +188,4 @@ def markdown_table(results: dict[str, dict]) -> str:
   return "\n".join(lines) + "\n" + notes
 
 
-__all__ = ["aggregate", "confusion", "read_rows", "markdown_table", "RULE_SETS"]
+__all__ = ["aggregate", "confusion", "read_rows", "markdown_table", "unscored", "RULE_SETS"]

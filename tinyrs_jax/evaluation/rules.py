@@ -1,4 +1,4 @@
-"""The two scoring rule sets, applied to one model output at a time. Both are always reported, side by side.
+r"""The two scoring rule sets, applied to one model output at a time. Both are always reported, side by side.
 
 `strict` (ours; rewards/scoring.py, shared with the GRPO rewards):
   answer    the graded span: inside the last `<answer>…</answer>`, else after the last `</think>` / `</reasoning>`,
@@ -10,9 +10,16 @@
   count     the one integer the answer states equals the reference.
   mc        the first option letter the answer commits to ("B", "(B)", "B. text", or exactly one option's text)
             equals the reference letter.
-  ground    the first box of the answer (Qwen2-VL's `(x1,y1),(x2,y2)` on the 0-1000 grid, else the first
-            `[x1,y1,x2,y2]` in `box_format`), in pixels, IoU without the +1 convention. An output without a
-            parseable box is a miss and counts in every denominator.
+  ground    the first box of the answer in text order (Qwen2-VL's `(x1,y1),(x2,y2)` on the 0-1000 grid, with or
+            without its tokens, spaces allowed, else the first `[x1,y1,x2,y2]` in `box_format`), decimals as
+            written, in pixels as v * size / 1000, IoU without the +1 convention, a hit at IoU >= 0.5. An
+            output without a parseable box (or with a reversed one) is a miss and counts in every denominator.
+  ground_multi  (several true boxes: GeoChat referring with several objects, grounded descriptions) every box of
+            the answer against every true box, matched one to one at IoU >= 0.5 (a maximum matching);
+            precision = matched / predicted boxes, recall = matched / true boxes, summed over the rows. No
+            original rule exists: the same value in both columns.
+  no true box  a grounding row whose record has no true box is unusable: in no grounding denominator, listed
+            as unscored in results.md (not a miss).
 
 `tinyrs` (the original work's evaluation, aybora/TinyRS rs_evaluation.py, a ScoreRS fork; quirks kept on
 purpose, so the numbers compare with published tables):
@@ -25,22 +32,40 @@ purpose, so the numbers compare with published tables):
             explanation after a period is correct. An unclosed think block is graded whole and usually fails.
   mc        LHRS-Bench's rule there: the prediction cut at its first ".", spaces and periods removed from both,
             substring of the reference as the files write it ("C. 3" -> "c3"; so "3" is correct too).
-  ground    the same box parsing and IoU, but outputs without a parseable box are dropped from numerator AND
-            denominator (accuracy over parseable outputs only), which inflates a model that often fails to
-            write a box.
+  ground    boxes read as the original's Qwen2-VL path reads them (lm_prediction_call.py `_extract_bbox_qwen2vl`):
+            `\((\d+(?:\.\d+)?),(\d+(?:\.\d+)?)\),\((…),(…)\)` exactly (no spaces, no signs; tokens around it
+            are ignored), else (its reasoning models) `[x1, y1, x2, y2]`, spaces allowed after the commas; the
+            first match counts; coordinates as written (decimals kept), pixels as v * size / 1000 (the list form
+            in `box_format`, default the same grid), IoU as ours. A reversed box (x2 < x1) is read, and its IoU
+            is 0: a miss that counts. What is dropped from numerator AND denominator is exactly what that
+            grammar cannot read (accuracy over parseable outputs only, which inflates a model that often fails
+            to write a box). Decision kept on purpose: the reading is the Qwen2-VL path's (our model writes
+            Qwen2-VL's form), the dropping is the TinyRS path's (`_extract_bbox_tinyrs` returns an empty list
+            for no box, and the scorer's zip then counts nothing; the Qwen2-VL path's None would count a miss).
+            The original's scorer has no rule for several true boxes (ground_multi) and no cumulative IoU:
+            those are reported with our rule in both columns.
 
 `score(output, example)` returns one predictions-file row's scoring fields; evaluation/metrics.py aggregates rows.
 """
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Mapping, Sequence
 
+from tinyrs_jax.data import boxes as boxes_lib
 from tinyrs_jax.rewards import scoring
 
 RULE_SETS = ("strict", "tinyrs")
+# Bump with every change to the scoring code (this file, rewards/scoring.py's parsers, data/boxes.py's reading,
+# metrics.py) that can change a number: results.json entries scored under another version are re-scored from
+# their saved predictions (evaluation/results.py). 2: v * size / 1000, first box in text order, decimals kept,
+# the original's box grammar in the tinyrs column, ground_multi, cumulative IoU, rows without a true box unscored.
+SCORING_VERSION = 2
 SMALL_AREA, MEDIUM_AREA = 32 ** 2, 96 ** 2  # DIOR-RSVG's size buckets by the true box's area in pixels (inclusive)
 NO_ANSWER_TASKS = ("caption", "ground_multi", "chat", "reason")  # no short reference: not scored for accuracy
+GROUND_MULTI_TASK = "ground_multi"
+MATCH_IOU = 0.5  # ground_multi: a predicted box matches a true box at this IoU (one to one)
 
 
 def size_bucket(box: Sequence[float] | None) -> str | None:
@@ -123,6 +148,88 @@ def choice_reference(example: Mapping, letter: str) -> str:
   return f"{letter}. {choices[i]}" if 0 <= i < len(choices) else letter
 
 
+# The original's box grammar (aybora/TinyRS eval/src/evaluation/lm_prediction_call.py, `_extract_bbox_qwen2vl`).
+_N = r"(\d+(?:\.\d+)?)"
+_TINYRS_PAIRS = re.compile(r"\(" + _N + "," + _N + r"\),\(" + _N + "," + _N + r"\)")
+_TINYRS_LIST = re.compile(r"\[" + _N + r",\s*" + _N + r",\s*" + _N + r",\s*" + _N + r"\]")
+_MAX_CHARS = 100_000  # outputs are at most max_new_tokens long; this only bounds the regex on junk
+
+
+def tinyrs_box(span: str, width: Any, height: Any, box_format: str = "qwen1000"):
+  """The first box the original's grammar reads in `span`, in pixels as (x1, y1, x2, y2) floats, reversed boxes
+  included (their IoU is 0); None when it reads none (or the image size is unknown)."""
+  span = scoring.as_text(span)[:_MAX_CHARS]
+  m = _TINYRS_PAIRS.search(span)
+  fmt = "qwen1000"
+  if m is None:
+    m, fmt = _TINYRS_LIST.search(span), box_format
+  if m is None:
+    return None
+  v = [float(g) for g in m.groups()]
+  if fmt == "pixels":
+    return tuple(v)
+  w, h = scoring._positive_size(width), scoring._positive_size(height)
+  if w is None or h is None:
+    return None
+  scale = 1000.0 if fmt == "qwen1000" else 1.0
+  return (v[0] * w / scale, v[1] * h / scale, v[2] * w / scale, v[3] * h / scale)
+
+
+def _all_boxes(span: str, width: Any, height: Any, box_format: str) -> list[tuple[float, float, float, float]]:
+  """Every box of an answer in pixels (Qwen2-VL's form; else every `[x1,y1,x2,y2]` in box_format); invalid ones
+  (reversed, empty) are kept as written and match nothing."""
+  found = [b for _, b in boxes_lib.parse_boxes(span)]
+  out = []
+  for b in found:
+    px = scoring.to_pixels(b, width, height, "qwen1000")
+    out.append(px if px is not None else (0.0, 0.0, 0.0, 0.0))
+  if not found:
+    for m in scoring._LIST_BOX.finditer(span[:_MAX_CHARS]):
+      px = scoring.to_pixels([float(g) for g in m.groups()], width, height, box_format)
+      out.append(px if px is not None else (0.0, 0.0, 0.0, 0.0))
+  return out
+
+
+def match_boxes(pred: Sequence, truth: Sequence, threshold: float = MATCH_IOU) -> int:
+  """The most one-to-one pairs (predicted, true) with IoU >= threshold (a maximum bipartite matching, by
+  augmenting paths; boxes per row are few)."""
+  edges = [[j for j, t in enumerate(truth) if scoring.box_iou(p, t) >= threshold] for p in pred]
+  owner: dict[int, int] = {}
+
+  def assign(i: int, seen: set) -> bool:
+    for j in edges[i]:
+      if j not in seen:
+        seen.add(j)
+        if j not in owner or assign(owner[j], seen):
+          owner[j] = i
+          return True
+    return False
+
+  return sum(assign(i, set()) for i in range(len(pred)))
+
+
+def true_boxes(example: Mapping) -> list[tuple[float, float, float, float]]:
+  out = []
+  for b in example.get("boxes") or []:
+    box = scoring.valid_box(b.get("box") if isinstance(b, Mapping) else (b[1] if len(b) == 2 else None))
+    if box is not None:
+      out.append(box)
+  return out
+
+
+def _area(box) -> float:
+  return max(box[2] - box[0], 0.0) * max(box[3] - box[1], 0.0)
+
+
+def _inter_union(pred, truth) -> tuple[float, float]:
+  """Intersection and union areas (pixels) for the cumulative IoU; no prediction: (0, the true box's area)."""
+  if pred is None or not all(math.isfinite(float(v)) for v in pred):
+    return 0.0, _area(truth)
+  inter = (max(min(pred[2], truth[2]) - max(pred[0], truth[0]), 0.0)
+           * max(min(pred[3], truth[3]) - max(pred[1], truth[1]), 0.0))
+  return inter, _area(pred) + _area(truth) - inter
+
+
 # --------------------------------------------------------------------------------------------- one example
 
 def reference_of(example: Mapping) -> str | None:
@@ -139,17 +246,32 @@ def score(output: Any, example: Mapping, *, answer_tag: str = scoring.ANSWER_TAG
   row: dict[str, Any] = {"answer_text": scoring.answer_span(output, answer_tag, think_tags).strip(),
                          "answer_strict": strict_answer(output, answer_tag, think_tags),
                          "answer_tinyrs": tinyrs_prediction(tinyrs_span(output, answer_tag, think_tags))}
+  w, h = example.get("width"), example.get("height")
   if task == scoring.GROUND_TASK:
     truth = scoring.true_box(example, box_format)
-    w, h = example.get("width"), example.get("height")
     pred = scoring.parse_box(scoring.answer_span(output, answer_tag, think_tags), w, h, box_format)
-    pred_tinyrs = scoring.parse_box(tinyrs_span(output.strip(), answer_tag, think_tags), w, h, box_format)
-    iou = scoring.box_iou(pred, truth) if pred is not None and truth is not None else 0.0
-    iou_tinyrs = (scoring.box_iou(pred_tinyrs, truth) if truth is not None else 0.0) \
-        if pred_tinyrs is not None else None
+    if truth is None:  # nothing to score against: unusable, not a miss
+      row.update(pred_box=_rounded(pred), true_box=None, iou=None, iou_tinyrs=None, parsed=pred is not None,
+                 size=None, no_true_box=True, correct_strict=None, correct_tinyrs=None)
+      return row
+    pred_tinyrs = tinyrs_box(tinyrs_span(output.strip(), answer_tag, think_tags), w, h, box_format)
+    iou = scoring.box_iou(pred, truth) if pred is not None else 0.0
+    iou_tinyrs = boxes_lib.iou(pred_tinyrs, truth) if pred_tinyrs is not None else None
+    inter, union = _inter_union(pred, truth)
     row.update(pred_box=_rounded(pred), true_box=_rounded(truth), iou=iou, iou_tinyrs=iou_tinyrs,
-               parsed=pred is not None, size=size_bucket(truth),
+               parsed=pred is not None, size=size_bucket(truth), inter=inter, union=union,
                correct_strict=iou >= 0.5, correct_tinyrs=None if iou_tinyrs is None else iou_tinyrs >= 0.5)
+    if pred_tinyrs is not None:
+      row["inter_tinyrs"], row["union_tinyrs"] = _inter_union(pred_tinyrs, truth)
+    return row
+  if task == GROUND_MULTI_TASK:
+    truths = true_boxes(example)
+    preds = _all_boxes(scoring.answer_span(output, answer_tag, think_tags), w, h, box_format)
+    row.update(pred_boxes=[_rounded(b) for b in preds], true_boxes=[_rounded(b) for b in truths],
+               n_pred=len(preds), n_true=len(truths), matched=match_boxes(preds, truths) if truths else 0,
+               correct_strict=None, correct_tinyrs=None)
+    if not truths:
+      row["no_true_box"] = True
     return row
   ref = reference_of(example)
   if task in NO_ANSWER_TASKS or ref is None:

@@ -4,6 +4,9 @@ Each entry: the reader (`format`, tinyrs_jax/data/readers/), where the files are
 options `split`, `image_dir`, `data_dir`, `prefix` where that reader takes them), the task when the files do not
 say it (`task`), which question types to keep (`question_types`, e.g. RSVQA's "presence,comp"), the prompt
 template (`prompt`, "{question}" is the record's question text; "" = eval.prompt) and `limit` (-1: all).
+The question's wording: eval.prompt_style `tinyrs` (the default) gives records whose original wording is known
+(DIOR-RSVG, RSVQA, the original's evaluation JSON) the original work's prompt (`original_prompt`); `ours` keeps
+the readers' (e.g. RSVQA's appended "Answer yes or no."). A benchmark's `prompt` template applies on top.
 A benchmark runs when its path is set (and it is named in eval.run, when that is given):
 
     python -m tinyrs_jax.main --config=configs/eval.py --workdir=runs/eval --config.init.workdir=runs/grpo \
@@ -17,7 +20,11 @@ task; what the demo evaluates) and `synthetic_caption` (its captions).
 """
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import ml_collections
+
+from tinyrs_jax.data.records import IMAGE_PLACEHOLDER
 
 FIELDS = dict(format="", path="", split="", image_dir="", data_dir="", prefix="", task="", question_types="",
               prompt="", limit=-1)
@@ -59,3 +66,35 @@ def entry(format: str, **overrides) -> ml_collections.ConfigDict:
 
 def builtin_benchmarks() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({name: entry(fmt, **kw) for name, (fmt, kw) in BUILTIN.items()})
+
+
+# ------------------------------------------------------------------------------------------------- prompts
+
+PROMPT_STYLES = ("tinyrs", "ours")
+# The original work's prompts for Qwen2-VL models (aybora/TinyRS eval/src/evaluation/lm_prediction_call.py, the
+# Qwen2-VL branch; rs_evaluation.py `convt_qa`): query = prefix + " " + question + " " + suffix per task type,
+# then "<image>\n" removed. Classification has no prefix, VQA neither prefix nor suffix ("" + " " + q + " "),
+# grounding the prefix and suffix below, LHRS-Bench the question alone. Spaces kept exactly as it builds them.
+ORIGINAL_VG_PREFIX = "Output the bounding box of the following object in the image. <|object_ref_start|>"
+ORIGINAL_VG_SUFFIX = "<|object_ref_end|>"
+
+
+def original_prompt(task: str, extra: Mapping[str, Any]) -> str | None:
+  """The original's user turn for a record (the image first, then its text), or None where the record does not
+  carry its raw question (`extra["raw_question"]`, set by the dior_rsvg, rsvqa and tinyrs_eval readers) or the
+  task has no original wording (captions, our synthetic tasks, LHRS-Bench's qa.json: they keep ours)."""
+  q = extra.get("raw_question")
+  if not isinstance(q, str) or not q.strip():
+    return None
+  q = q.replace("<image>\n", "").replace(IMAGE_PLACEHOLDER, "")
+  if task == "classify":
+    text = " " + q
+  elif task.startswith("vqa"):
+    text = " " + q + " "
+  elif task == "ground":
+    text = ORIGINAL_VG_PREFIX + " " + q + " " + ORIGINAL_VG_SUFFIX
+  elif task == "mc":
+    text = q
+  else:
+    return None
+  return IMAGE_PLACEHOLDER + text

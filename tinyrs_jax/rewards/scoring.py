@@ -15,10 +15,11 @@ Parsers (each returns None when the text does not commit to exactly one value, s
   parse_yes_no  the first word is yes/no and the opposite word does not appear ("Yes, there is one." -> yes).
   parse_int     one integer value: digits (1,000 and 3.0 accepted) or a number word zero..twenty / "none";
                 "3 ships" -> 3, "2 or 3" -> None, "2.5" -> None.
-  parse_box     the first box: Qwen2-VL's `(x1,y1),(x2,y2)` (with or without <|box_start|> tokens; always the
-                0-1000 grid, that is what the grammar means), else the first `[x1,y1,x2,y2]` list, read in
-                `box_format`: "qwen1000" (default, v / 1000 * size), "pixels", or "norm1" (v * size). Returned
-                in pixels, unclipped; non-finite, inverted or empty boxes are None.
+  parse_box     the first box in text order of Qwen2-VL's `(x1,y1),(x2,y2)` (with or without <|box_start|>
+                tokens; always the 0-1000 grid, that is what the grammar means), else the first `[x1,y1,x2,y2]`
+                list, read in `box_format`: "qwen1000" (default, v * size / 1000), "pixels", or "norm1"
+                (v * size). Coordinates are read as written (decimals kept). Returned in pixels, unclipped;
+                non-finite, inverted or empty boxes are None.
 
 `score_accuracy(completion, example)` dispatches on the example's task (see its docstring); `score_iou` gives
 the grounding IoU or None when the completion has no parseable box (evaluation counts those separately).
@@ -184,15 +185,16 @@ def to_pixels(box: Sequence[float], width: Any, height: Any, box_format: str = "
     return None
   scale = 1000.0 if box_format == "qwen1000" else 1.0
   x1, y1, x2, y2 = box
-  return valid_box((x1 / scale * w, y1 / scale * h, x2 / scale * w, y2 / scale * h))
+  # multiplied first: v / 1000 * size turns an exact 436 px into 436.00000000000006 (data/boxes.py)
+  return valid_box((x1 * w / scale, y1 * h / scale, x2 * w / scale, y2 * h / scale))
 
 
 def parse_box(text: Any, width: Any, height: Any, box_format: str = "qwen1000"):
   """The first box in `text`, in pixels of a width x height image, or None (rules in the module docstring)."""
   text = as_text(text)
-  found = boxes_lib.parse_boxes(text)
-  if found:
-    return to_pixels(found[0][1], width, height, "qwen1000")
+  found = boxes_lib.first_box(text)
+  if found is not None:
+    return to_pixels(found[1], width, height, "qwen1000")
   m = _LIST_BOX.search(text)
   if m is None:
     return None

@@ -15,6 +15,7 @@ import time
 import jax
 from absl import logging
 
+from tinyrs_jax import runtime
 from tinyrs_jax.train import input as input_lib
 from tinyrs_jax.train import loop
 from tinyrs_jax.train import placement
@@ -45,12 +46,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """Runs (or resumes) the SFT stage described by `config` in `workdir`; returns a small summary."""
   t_start = time.time()
   os.makedirs(workdir, exist_ok=True)
-  mesh = runner.make_mesh(config)
+  mesh = runtime.make_mesh(config)
   pi, pc = jax.process_index(), jax.process_count()
 
   data = input_lib.resolve_data(config)
-  source = runner.resolve_model(config, workdir, data.tokenizer_dir)
-  model = runner.make_model(config, source)
+  source = runtime.resolve_model(config, workdir, data.tokenizer_dir)
+  model = runtime.configured_model(config, source)
 
   grad_accum = int(config.get("grad_accum_steps", 1))
   if config.batch_size % grad_accum:

@@ -13,19 +13,18 @@ compilations is explicit (one per distinct batch shape) and a recompilation can 
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable
 
 import flax
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from tinyrs_jax import sharding as sharding_lib
-from tinyrs_jax.models.presets import Qwen2VLConfig
-from tinyrs_jax.models.qwen2_vl import Qwen2VL
+# The model's static half lives in tinyrs_jax.runtime (evaluation and the tools build it too); state_lib.Model and
+# state_lib.make_model stay importable from here.
+from tinyrs_jax.runtime import Model, make_model  # noqa: F401
 from tinyrs_jax.train import optimizer as optim_lib
 from tinyrs_jax.train.losses import LossOutput
 from tinyrs_jax.train.placement import batch_shardings  # noqa: F401  (state_lib.batch_shardings, as before)
@@ -37,41 +36,6 @@ class TrainState:
   params: Any
   opt_state: Any
   rng: jax.Array
-
-
-# ------------------------------------------------------------------------------------------------ model
-
-@dataclasses.dataclass(frozen=True)
-class Model:
-  """The static half of the model: config, graphdef, abstract params (ShapeDtypeStructs) and kwargs."""
-  cfg: Qwen2VLConfig
-  graphdef: Any
-  abstract_params: Any  # pure dict of ShapeDtypeStruct
-  logical_names: Any  # pure dict of logical axis-name tuples
-  kwargs: dict
-
-  def build(self, rng) -> Any:
-    """Fresh parameters (pure dict) from an rng; meant to run under jit."""
-    model = Qwen2VL(self.cfg, rngs=nnx.Rngs(params=rng), **self.kwargs)
-    return nnx.state(model, nnx.Param).to_pure_dict()
-
-  def merge(self, params) -> Qwen2VL:
-    return nnx.merge(self.graphdef, params)
-
-  def param_shardings(self, mesh) -> Any:
-    return jax.tree.map(lambda names, a: sharding_lib.named_sharding(mesh, names, a.shape),
-                        self.logical_names, self.abstract_params, is_leaf=lambda x: isinstance(x, tuple))
-
-
-def make_model(cfg: Qwen2VLConfig, *, dtype="float32", param_dtype="float32", remat_policy="none") -> Model:
-  kwargs = dict(dtype=dtype, param_dtype=param_dtype, remat_policy=remat_policy)
-  abstract = nnx.eval_shape(lambda: Qwen2VL(cfg, rngs=nnx.Rngs(0), **kwargs))
-  graphdef, params = nnx.split(abstract, nnx.Param)
-  flat = nnx.to_flat_state(params)
-  names = nnx.from_flat_state([(k, v.replace(tuple(v.get_metadata().get("out_sharding") or ())))
-                               for k, v in flat]).to_pure_dict()
-  shapes = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), params.to_pure_dict())
-  return Model(cfg=cfg, graphdef=graphdef, abstract_params=shapes, logical_names=names, kwargs=kwargs)
 
 
 # ------------------------------------------------------------------------------------------- shardings

@@ -71,8 +71,9 @@ Conventions, decided once:
 
 Layout: this `__init__` holds the API (`read_records`, `load_records`, `reader_names`, the registry `READERS`);
 `_common` the registry's `register_reader` and the helpers all formats share; one module per format family
-registers its readers: `conversations` (llava, geochat), `benchmarks` (vrsbench, lhrs_bench, geochat_bench,
-tinyrs_eval), `dior_rsvg`, `rsvqa`, `classification` (image_folder, tfds). `python -m tinyrs_jax.data.readers`
+registers its readers: `conversations` (llava, geochat), `vrsbench`, `lhrs_bench`, `geochat_bench`, `tinyrs_eval`,
+`dior_rsvg`, `rsvqa`, `classification` (image_folder, tfds); `choices` holds the multiple-choice helpers the
+benchmark readers share. `python -m tinyrs_jax.data.readers`
 (`__main__`) reads one file and prints its counts.
 """
 from __future__ import annotations
@@ -84,17 +85,21 @@ from tinyrs_jax.data import images as images_lib
 # One module per format family; importing it registers its readers. Their public names are importable from here.
 from tinyrs_jax.data.readers._common import (IMAGE_EXTENSIONS, READERS, classification_prompt, humanize_class_name,
                                              normalize_placeholder, register_reader)
-from tinyrs_jax.data.readers.benchmarks import (
-    GEOCHAT_BENCH_ANSWERS, GEOCHAT_BENCH_IMAGE_DIRS, GEOCHAT_BENCH_KINDS, GEOCHAT_CATEGORY_ALIASES,
-    GEOCHAT_GROUNDED_DESCRIPTION_PROMPT, GEOCHAT_IDENTIFY_PROMPT, GEOCHAT_REFER_PROMPT, LHRS_BENCH_IMAGE_DIRS,
-    LHRS_TYPE_NAMES, MC_INSTRUCTION, OPTION_LETTERS, answer_letter, mc_prompt, parse_choices, read_geochat_bench,
-    read_lhrs_bench, read_tinyrs_eval, read_vrsbench)
+from tinyrs_jax.data.readers.choices import (LHRS_TYPE_NAMES, MC_INSTRUCTION, OPTION_LETTERS, answer_letter,
+                                             mc_prompt, parse_choices)
 from tinyrs_jax.data.readers.classification import TfdsImage, read_image_folder, read_tfds
 from tinyrs_jax.data.readers.conversations import (GEOCHAT_GRID, GEOCHAT_TAG_TASKS, convert_geochat_text,
                                                    read_geochat, read_llava)
+from tinyrs_jax.data.readers.geochat_bench import (GEOCHAT_BENCH_ANSWERS, GEOCHAT_BENCH_IMAGE_DIRS,
+                                                   GEOCHAT_BENCH_KINDS, GEOCHAT_CATEGORY_ALIASES,
+                                                   GEOCHAT_GROUNDED_DESCRIPTION_PROMPT, GEOCHAT_IDENTIFY_PROMPT,
+                                                   GEOCHAT_REFER_PROMPT, read_geochat_bench)
+from tinyrs_jax.data.readers.lhrs_bench import LHRS_BENCH_IMAGE_DIRS, read_lhrs_bench
 from tinyrs_jax.data.readers.dior_rsvg import (DIOR_RSVG_PROMPT, MEDIUM_AREA, SMALL_AREA, read_dior_rsvg,
                                                size_group)
 from tinyrs_jax.data.readers.rsvqa import RSVQA_HINTS, RSVQA_TYPE_TASKS, read_rsvqa
+from tinyrs_jax.data.readers.tinyrs_eval import read_tinyrs_eval
+from tinyrs_jax.data.readers.vrsbench import read_vrsbench
 from tinyrs_jax.data.records import (BOX_TOLERANCE_PX, IMAGE_PLACEHOLDER, TASKS, DataError, Record, SkipCounter,
                                      check_box, validate_record)
 

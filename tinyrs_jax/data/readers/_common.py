@@ -158,3 +158,50 @@ def _pixel_boxes(value: Any, size: tuple[int, int], source: str, line: int) -> t
 
 def _replace(record: Record, **kw) -> Record:
   return dataclasses.replace(record, **kw)
+
+
+def _strip_placeholder(text: str) -> str:
+  return normalize_placeholder(text).replace(IMAGE_PLACEHOLDER, "").strip()
+
+
+# ------------------------------------------------------------------------- finding an image among folders
+
+def _existing_dir(base: str, names: Sequence[str]) -> str | None:
+  return next((os.path.join(base, n) for n in names if os.path.isdir(os.path.join(base, n))), None)
+
+
+def _image_any_extension(path: str, skips: SkipCounter | None) -> str:
+  """`path`, or the file with the same stem and another image extension when only that one exists (GeoChat's
+  aid.jsonl names .png files that AID ships as .jpg; LHRS-Bench ships PNG and JPEG copies)."""
+  if os.path.exists(path):
+    return path
+  stem = os.path.splitext(path)[0]
+  for ext in IMAGE_EXTENSIONS + tuple(e.upper() for e in IMAGE_EXTENSIONS):
+    if os.path.exists(stem + ext):
+      if skips is not None:
+        skips.note("image_extension_substituted")
+      return stem + ext
+  return path
+
+
+def _image_in(dirs: Sequence[str], relative: str, source: str, line: int, check_files: bool,
+              skips: SkipCounter | None, field: str = "image") -> str:
+  """The first of `dirs` holding `relative` (any image extension); a missing image names the first candidate."""
+  if not isinstance(relative, str) or not relative.strip():
+    raise DataError(f"{field} is {relative!r}, expected a file name", source=source, line=line, field=field,
+                    reason="missing_field")
+  relative = relative.strip()
+  if os.path.isabs(relative):
+    dirs = [""]
+  candidates = [os.path.normpath(os.path.join(d, relative)) for d in dirs]
+  if not check_files:
+    return candidates[0]
+  found = next((c for c in candidates if os.path.exists(c)), None)  # the exact name first, in any folder
+  if found is not None:
+    return found
+  for candidate in candidates:
+    found = _image_any_extension(candidate, skips)
+    if os.path.exists(found):
+      return found
+  raise DataError(f"image file {candidates[0]} does not exist", source=source, line=line, field=field,
+                  reason="missing_image")

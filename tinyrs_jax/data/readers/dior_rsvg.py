@@ -91,4 +91,5 @@ def _dior_record(root_el, obj, obj_no: int, index: int, xml_path: str, image_dir
   return validate_record(Record(
       id=f"dior_rsvg:{index}", image=image, messages=messages, task="ground", answer=messages[1]["content"],
       boxes=((name, box),), source=xml_path, line=obj_no, image_size=size,
-      extra={"object_index": index, "category": name, "description": description, "size_group": size_group(box)}))
+      extra={"object_index": index, "category": name, "description": description, "size_group": size_group(box),
+             "raw_question": description}))

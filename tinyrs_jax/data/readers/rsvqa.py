@@ -77,4 +77,5 @@ def _rsvqa_record(q: dict, tables: dict, source: str, line: int, prefix: str, sp
   return validate_record(Record(
       id=f"rsvqa_{prefix}_{split}_{q['id']}", image=image, messages=messages,
       task=RSVQA_TYPE_TASKS.get(qtype, "vqa"), answer=answer, source=source, line=line,
-      extra={"question_type": qtype, "question_id": q["id"], "img_id": q["img_id"]}))
+      extra={"question_type": qtype, "question_id": q["id"], "img_id": q["img_id"],
+             "raw_question": q["question"].strip()}))

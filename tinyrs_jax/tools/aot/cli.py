@@ -54,7 +54,9 @@ FITS, DOES_NOT_FIT, FAILED = 0, 1, 2
 
 def main(argv=None) -> int:
   """The tool's one entry point (`python -m tinyrs_jax.tools.aot`)."""
-  with _libtpu_env():
+  # libtpu is kept out of the environment (tools/libtpu_aside.py): TPU_LIBRARY_PATH is set for this call only.
+  from tinyrs_jax.tools import libtpu_aside
+  with libtpu_aside.activated(), _libtpu_env():
     try:
       return _main(sys.argv[1:] if argv is None else list(argv))
     except SystemExit:
