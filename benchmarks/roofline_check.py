@@ -11,7 +11,9 @@ grpo_step.py time.
    the GRPO step's reference scoring and update), run and timed as the benchmark runs them, then priced by
    tools/aot/cost.py from their compiled HLO (loop bodies x trip counts) and estimate's roofline:
    max(FLOPs / matmul rate, bytes / bandwidth).
-3. predicted / measured per phase. The roofline is a lower bound, so a ratio below 1 is expected: how far below
+3. predicted / measured per phase. Times are this process's CPU seconds by default (--clock=cpu): rates and
+   phases on the same clock, so the other jobs of a shared machine cancel out of the ratio (--clock=wall for
+   elapsed time on a quiet machine). The roofline is a lower bound, so a ratio below 1 is expected: how far below
    says what the roofline misses (kernels below the matmul rate, cache effects, the host's share of a step);
    a ratio above 1 means it over-counts something (e.g. bytes that stay in the CPU's caches).
 """
@@ -26,7 +28,25 @@ import types
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from benchmarks.common import prompt_batch, setup_threads, time_fn  # noqa: E402
+from benchmarks.common import prompt_batch, setup_threads  # noqa: E402
+
+# The clock every time here is read on. "cpu" (the default): this process's CPU seconds, all its threads, so other
+# jobs on a shared machine do not move the ratios (the rates and the phases are both measured in CPU seconds);
+# "wall": seconds, as the benchmarks print them (on a quiet machine only).
+CLOCK = {"fn": time.process_time}
+
+
+def time_fn(fn, *, warmup: int = 2, iters: int = 5) -> float:
+  """benchmarks.common.time_fn on CLOCK: median seconds per call after warm-up."""
+  import numpy as np
+  for _ in range(warmup):
+    fn()
+  times = []
+  for _ in range(iters):
+    t0 = CLOCK["fn"]()
+    fn()
+    times.append(CLOCK["fn"]() - t0)
+  return float(np.median(times))
 
 
 def measure_rates() -> tuple[float, float]:
@@ -193,11 +213,18 @@ def check_grpo(args, flops_rate, bw) -> list[str]:
   images = grpo_step.make_images(bench_args.prompts, bench_args.image_size)
   cap = GenerationCapture()
   state_lib.CompiledStep.compiled = recording
+  # the benchmark's and the trainer's phase timers, read on CLOCK
+  from tinyrs_jax.train import grpo_trainer
+  clock = types.SimpleNamespace(**{k: getattr(time, k) for k in dir(time) if not k.startswith("_")})
+  clock.perf_counter = clock.time = CLOCK["fn"]
+  saved = grpo_step.time, grpo_trainer.time
+  grpo_step.time = grpo_trainer.time = clock
   try:
     with cap.active():
       res = grpo_step.run_ours(bench_args, ckpt, cfg, params, images)
   finally:
     state_lib.CompiledStep.compiled = original
+    grpo_step.time, grpo_trainer.time = saved
   texts = cap.texts()
   p_pre, c_pre = predicted(texts["prefill"], flops_rate, bw)
   p_dec, c_dec = predicted(texts["decode"], flops_rate, bw, bench_args.new_tokens - 1)
@@ -219,7 +246,10 @@ def main():
   p.add_argument("--batches", default="8,64")
   p.add_argument("--new_tokens", type=int, default=64)
   p.add_argument("--iters", type=int, default=3)
+  p.add_argument("--clock", default="cpu", choices=("cpu", "wall"),
+                 help="cpu: this process's CPU seconds (robust to other jobs on the machine); wall: elapsed seconds")
   args = p.parse_args()
+  CLOCK["fn"] = time.process_time if args.clock == "cpu" else time.perf_counter
   setup_threads()
   import jax
   parts = args.parts.split(",")
@@ -229,10 +259,12 @@ def main():
     # rates re-measured before each part: on a shared machine they move with the load
     load = os.getloadavg()
     flops_rate, bw, stream, read = measure_rates()
-    print(f"{name}: this CPU ({os.cpu_count()} cores, jax {jax.__version__}, load average {load[0]:.1f}): fp32 "
-          f"matmul {flops_rate / 1e9:.1f} GFLOP/s, memory {bw / 1e9:.1f} GB/s (measured now: the larger of a "
-          f"streaming update, {stream / 1e9:.1f} GB/s read + written, and a matrix-vector product's weight reads, "
-          f"{read / 1e9:.1f} GB/s)", flush=True)
+    unit = "CPU-s" if args.clock == "cpu" else "s"
+    print(f"{name}: this CPU ({os.cpu_count()} cores, jax {jax.__version__}, load average {load[0]:.1f}; times in "
+          f"{'CPU seconds of this process' if args.clock == 'cpu' else 'wall seconds'}): fp32 "
+          f"matmul {flops_rate / 1e9:.1f} GFLOP/{unit}, memory {bw / 1e9:.1f} GB/{unit} (measured now: the larger of a "
+          f"streaming update, {stream / 1e9:.1f} read + written, and a matrix-vector product's weight reads, "
+          f"{read / 1e9:.1f})", flush=True)
     t0 = time.time()
     for line in fn(args, flops_rate, bw):
       print(line, flush=True)

@@ -124,7 +124,7 @@ def _main(argv: list[str]) -> int:
   report["fits"] = ok
   print(f"verdict: {'everything fits' if ok else 'DOES NOT FIT'}", flush=True)
   est = estimate_lib.estimate(config, results, target, shapes, examples=args.examples,
-                              completion_tokens=args.completion_tokens) if not only else None
+                              completion_tokens=args.completion_tokens)
   if est is not None:
     print("\n".join(estimate_lib.lines(est)), flush=True)
     report["estimate"] = estimate_lib.as_dict(est)
@@ -142,7 +142,7 @@ def _main(argv: list[str]) -> int:
         print(f"fits with: {as_flags(flags)}")
         report["suggestion"] = {"flags": flags, "programs": [dataclasses.asdict(r) for r in rs]}
         est = estimate_lib.estimate(c, rs, target, stage_shapes(c), examples=args.examples,
-                                    completion_tokens=args.completion_tokens) if not only else None
+                                    completion_tokens=args.completion_tokens)
         if est is not None:
           print("\n".join(estimate_lib.lines(est)), flush=True)
           report["suggestion"]["estimate"] = estimate_lib.as_dict(est)

@@ -8,7 +8,7 @@ and the decode loop as one token. This walks the per-device program `compiled.as
     backend_config for scans and fori loops); a loop without one (the decode loop, which stops at EOS) counts
     `unknown_trips` times, so the caller can price it at any number of new tokens;
   * FLOPs: 2 x output elements x contracted elements for every dot (inside fusions too), and for convolutions
-    2 x output elements x kernel elements per output feature; elementwise work is not counted (a roofline's
+    2 x output elements x input features x window taps (dilated batch windows count one tap); elementwise work is not counted (a roofline's
     FLOP term is the matrix units');
   * bytes: HBM traffic (arrays the TPU compiler placed in on-chip memory, `S(1)` in their layout, are not
     counted): what each top-level instruction of a computation reads and writes in HBM: a fusion's operands and
@@ -137,8 +137,8 @@ def _constant(ins: "_Instr | None") -> int | None:
 
 def trip_count(ins: _Instr, comps: dict[str, list[_Instr]], caller: list[_Instr]) -> int | None:
   """A while loop's trip count: XLA's known_trip_count when it wrote one (XLA:CPU does; the TPU compiler's text
-  does not), else read off the condition when it is `counter < constant` (a scan or fori loop: counter from its
-  initial value, step 1). None for a data-dependent loop (decode: `i < max_new & ~all(done)`)."""
+  does not), else read off the condition when it is `counter < constant` (a scan, a fori loop, a windowed einsum:
+  counter from its initial value, by the step its body adds). None for a data-dependent loop (decode: `i < max_new & ~all(done)`)."""
   m = _TRIP.search(ins.attrs)
   if m:
     return int(m.group(1))
@@ -170,7 +170,34 @@ def trip_count(ins: _Instr, comps: dict[str, list[_Instr]], caller: list[_Instr]
     while start is not None and start.op == "copy" and start.operands:
       start = types.get(start.operands[0])
     init = _constant(start) if _constant(start) is not None else 0
-  return max(limit - init, 0)
+  step = _step(ins, comps, int(index.group(1))) if index else 1
+  return max(-(-(limit - init) // step), 0)
+
+
+def _step(ins: _Instr, comps: dict[str, list[_Instr]], k: int) -> int:
+  """How much a loop's body adds to counter `k` per iteration (windowed einsum loops go by 2): the constant in
+  `counter + constant` at the body's root; 1 when it cannot be read."""
+  body = comps.get((_called(ins.attrs, "body") or [""])[0], [])
+  by = {i.name: i for i in body}
+  root = next((i for i in body if i.root), None)
+  if root is None or root.op != "tuple" or k >= len(root.operands):
+    return 1
+  upd = by.get(root.operands[k])
+  while upd is not None and upd.op == "copy" and upd.operands:
+    upd = by.get(upd.operands[0])
+  if upd is None:
+    return 1
+  operands = [by.get(o) for o in upd.operands]
+  if upd.op == "fusion":  # XLA:CPU wraps the add
+    inner = comps.get((_called(upd.attrs, "calls") or [""])[0], [])
+    iroot = next((i for i in inner if i.root), None)
+    if iroot is None or iroot.op != "add":
+      return 1
+    upd = iroot
+  elif upd.op != "add":
+    return 1
+  steps = [_constant(o) for o in operands if _constant(o) is not None]
+  return steps[0] if len(steps) == 1 and steps[0] > 0 else 1
 
 
 class _Walker:
@@ -188,12 +215,22 @@ class _Walker:
     return 2.0 * out * k
 
   def conv_flops(self, ins: _Instr, types: dict[str, str]) -> float:
+    """2 x output elements x input features x the window taps that meet real (undilated) input: XLA writes
+    batched dots as convolutions whose window runs over dilated batch dimensions (`window={size=2x16
+    lhs_dilate=2x16}`), where each output meets one tap, not 32."""
     out = math.prod(_dims(ins.type))
     rhs = _dims(types.get(ins.operands[1], "")) if len(ins.operands) > 1 else []
     m = re.search(r"dim_labels=\w+_(\w+)->", ins.attrs)
-    if not rhs or not m or "o" not in m.group(1):
+    if not rhs or not m or "i" not in m.group(1):
       return 0.0
-    return 2.0 * out * math.prod(rhs) / rhs[m.group(1).index("o")]  # kernel elements per output element
+    taps = 1
+    size = re.search(r"\bsize=([\dx]+)", ins.attrs)
+    if size:
+      sizes = [int(x) for x in size.group(1).split("x")]
+      dil = re.search(r"lhs_dilate=([\dx]+)", ins.attrs)
+      dils = [int(x) for x in dil.group(1).split("x")] if dil else [1] * len(sizes)
+      taps = math.prod(-(-s_ // d) for s_, d in zip(sizes, dils))
+    return 2.0 * out * rhs[m.group(1).index("i")] * taps
 
   def flops_only(self, comp: str) -> float:
     """Dots inside a fused (or applied) computation: their FLOPs; bytes stay at the fusion's boundary."""

@@ -49,6 +49,7 @@ class Estimate:
   num_chips: int
   completion_tokens: int = 0
   note: str = ""
+  compute_s: float = 0.0  # the step's FLOPs alone at peak: a strict lower bound (the roofline's bytes may over-count)
 
 
 def program_time(r, target: Target, iterations: float = 0.0) -> Phase:
@@ -69,12 +70,12 @@ def _steps(config, examples: int) -> tuple[int, str]:
   if config.trainer == "eval":
     if examples > 0:
       return -(-examples // int(config.eval.batch_size)), f"{examples} examples / eval.batch_size"
-    return DEFAULT_STEPS, f"{DEFAULT_STEPS} batches (pass --examples=N for a data set's size)"
+    return DEFAULT_STEPS, "a default: pass --examples=N for a data set's size"
   if examples > 0:
     epochs = float(config.get("num_epochs", 1.0))
     steps = max(int(examples * epochs // int(config.batch_size)), 1)
     return steps, f"{examples} examples x {epochs:g} epochs / batch {config.batch_size}"
-  return DEFAULT_STEPS, f"{DEFAULT_STEPS} steps (the config runs num_epochs over its data: pass --examples=N)"
+  return DEFAULT_STEPS, "a default: the config runs num_epochs over its data, pass --examples=N"
 
 
 def estimate(config, results, target: Target, shapes: dict, *, examples: int = 0,
@@ -131,8 +132,10 @@ def estimate(config, results, target: Target, shapes: dict, *, examples: int = 0
       phases[1] = dataclasses.replace(decode_max, name=f"{prefix}_decode x {max_new - 1}")
   steps, source = _steps(config, examples)
   run_s = step * steps
+  peak = target.spec.peak_tflops * 1e12
+  compute = sum(p.flops for p in phases) / peak if peak else 0.0
   return Estimate(config.trainer, True, phases, step, step_max, float(tokens), steps, source, run_s,
-                  run_s * n / 3600.0, tokens / step / n if step > 0 else 0.0, n, typical, note)
+                  run_s * n / 3600.0, tokens / step / n if step > 0 else 0.0, n, typical, note, compute)
 
 
 def lines(e: Estimate) -> list[str]:
@@ -140,15 +143,17 @@ def lines(e: Estimate) -> list[str]:
   out = ["estimate (roofline, a LOWER BOUND: peak FLOP/s, HBM bandwidth and interconnect perfectly overlapped, no "
          "host work):"]
   for p in e.phases:
-    out.append(f"  {p.name:<24} {p.seconds:>9.3f} s  ({p.flops / 1e12:,.1f} TFLOP, {p.bytes / 1e9:,.1f} GB per "
+    out.append(f"  {p.name:<24} {p.seconds:>9.4g} s  ({p.flops / 1e12:,.4g} TFLOP, {p.bytes / 1e9:,.4g} GB per "
                f"chip; {p.bound}-bound)")
   if e.completion_tokens:
-    out.append(f"  step {e.step_s:.1f} s at {e.completion_tokens} new tokens per completion, "
-               f"{e.step_s_at_max:.1f} s at every completion's limit")
+    out.append(f"  step {e.step_s:.3g} s at {e.completion_tokens} new tokens per completion, "
+               f"{e.step_s_at_max:.3g} s at every completion's limit")
   else:
-    out.append(f"  step {e.step_s:.2f} s")
+    out.append(f"  step {e.step_s:.3g} s")
+  out.append(f"  (its FLOPs alone at peak: {e.compute_s:.3g} s, the strict floor; the memory term counts the HBM traffic "
+             "the compiled program's fusions imply, which can over-count where the compiler streams in place)")
   out.append(f"  run: {e.steps:,} {'batches' if e.stage == 'eval' else 'steps'} ({e.steps_from}): "
-             f"{e.run_s / 3600:.1f} h, {e.chip_hours:,.1f} chip-hours on {e.num_chips} chips, "
+             f"{e.run_s / 3600:.3g} h, {e.chip_hours:,.3g} chip-hours on {e.num_chips} chips, "
              f"{e.tokens_per_s_per_chip:,.0f} tokens/s per chip (all lower / upper bounds of a real run's time / "
              "throughput)")
   if e.note:
