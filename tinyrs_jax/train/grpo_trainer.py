@@ -192,6 +192,16 @@ def grpo_loss_kwargs(config) -> dict:
               chunk_size=int(config.loss.chunk_size))
 
 
+def make_update_step(config, model: state_lib.Model, opt):
+  """The update the trainer runs, `(state, batch) -> (state, metrics)`: the train step with the configured loss
+  (the registered "grpo" loss and its grpo.* settings) over grad_accum_steps microbatches. tools/aot compiles
+  this same function."""
+  kwargs = grpo_loss_kwargs(config)
+  loss = losses_lib.get_loss(config.loss.name)
+  return state_lib.make_train_step(model, opt, lambda m, b, r: loss(m, b, r, **kwargs),
+                                   grad_accum=int(config.get("grad_accum_steps", 1)))
+
+
 def make_score_fn(model: state_lib.Model, *, temperature: float, chunk_size: int, grad_accum: int):
   """`score(params, batch) -> log-probs (N, Lc)` of the completions (per microbatch when grad_accum > 1)."""
   def score(params, batch):
@@ -397,12 +407,9 @@ class GRPOStep:
     self.max_draws = int(g.get("dynamic_sampling_max_batches", 4))
     if self.dynamic and self.filter_reward not in weights:
       raise ValueError(f"grpo.dynamic_sampling filters on the {self.filter_reward!r} reward, which has weight 0")
-    kwargs = grpo_loss_kwargs(config)
-    loss = losses_lib.get_loss(config.loss.name)
     log = logging.info
-    self.step_fn = state_lib.CompiledStep(
-        state_lib.make_train_step(model, opt, lambda m, b, r: loss(m, b, r, **kwargs), grad_accum=self.grad_accum),
-        mesh, shardings, donate=True, grad_accum=self.grad_accum, log=log)
+    self.step_fn = state_lib.CompiledStep(make_update_step(config, model, opt), mesh, shardings, donate=True,
+                                          grad_accum=self.grad_accum, log=log)
     score = make_score_fn(model, temperature=self.temperature, chunk_size=int(config.loss.chunk_size),
                           grad_accum=self.grad_accum)
     logp_sharding = sharding_lib.named_sharding(mesh, ((None,) if self.grad_accum > 1 else ()) + ("batch", None))
