@@ -365,15 +365,20 @@ def _agree(values: list[int]) -> list[int]:
 
 def demo_assets(config) -> str | None:
   """data.demo: the synthetic data set (built once, cached) is the `synthetic` benchmark's default files (its
-  validation split: plain questions, every task) and its tokenizer the default; returns the tokenizer folder."""
+  data.demo_split split, "val" unless set: plain questions, every task; captions from pretraining's file of that
+  split) and its tokenizer the default; returns the tokenizer folder."""
   if not config.data.get("demo", False):
     return None
+  from tinyrs_jax.data import synthetic
   from tinyrs_jax.data.demo_tokenizer import ensure_demo_assets
+  split = config.data.get("demo_split", "val") or "val"
+  if split not in synthetic.SPLITS:
+    raise ValueError(f"data.demo_split={split!r}; use one of {list(synthetic.SPLITS)}")
   data_dir, tok = ensure_demo_assets(None, int(config.data.get("demo_examples", 2000)), 0)
   if not config.benchmarks.synthetic.path:
-    config.benchmarks.synthetic.path = os.path.join(data_dir, "instruct", "val.jsonl")
+    config.benchmarks.synthetic.path = os.path.join(data_dir, "instruct", f"{split}.jsonl")
   if not config.benchmarks.synthetic_caption.path:
-    config.benchmarks.synthetic_caption.path = os.path.join(data_dir, "pretrain", "val.jsonl")
+    config.benchmarks.synthetic_caption.path = os.path.join(data_dir, "pretrain", f"{split}.jsonl")
   return tok
 
 
