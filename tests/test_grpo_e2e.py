@@ -163,24 +163,25 @@ def test_skipped_updates_keep_the_grpo_step_count(tmp_path):
   assert saved["grpo_step"] == 2  # what a restart continues from (it then finds the run finished)
 
 
-# prompts in two length buckets: draws (and processes) differ in prompt width, which must be agreed globally
-DYNAMIC = [*SHORT, "--config.total_steps=1", "--config.grpo.max_new_tokens=8", "--config.data.length_buckets=(96,128)",
-           "--config.grpo.dynamic_sampling=True",
+# prompts in four length buckets: draws (and processes) may differ in prompt width, which must be agreed globally
+DYNAMIC = [*SHORT, "--config.total_steps=1", "--config.batch_size=8", "--config.grpo.max_new_tokens=8",
+           "--config.data.length_buckets=(32,64,96,128)", "--config.grpo.dynamic_sampling=True",
            "--config.grpo.dynamic_sampling_reward=starts_with_vowel", "--config.rewards.starts_with_vowel=1.0",
-           "--config.grpo.dynamic_sampling_max_batches=2"]
+           "--config.grpo.dynamic_sampling_max_batches=3"]
 
 
 @pytest.mark.slow
 def test_dynamic_sampling_on_two_processes_equals_one(tmp_path):
   """grpo.dynamic_sampling over two jax.distributed processes (gloo) picks the same groups, with the same shapes,
   as one process: slot by slot, shapes agreed globally. (Before: each process pooled its own kept groups and
-  padded to its own widths.)"""
+  padded to its own widths; with this config one process topped up 2 groups where two processes topped up 0.)
+  143 s on the loaded 2-core machine (load ~10), most of it three process start-ups and their compiles."""
   from test_train_e2e import run_two_processes
   ref, wd = str(tmp_path / "one"), str(tmp_path / "two")
   main(ref, *DYNAMIC)
   run_two_processes(wd, DYNAMIC, env(1), timeout=900)
   a, b = rows(wd), rows(ref)
-  assert b[1]["dynamic_sampling/filtered_groups"] > 0 and b[1]["dynamic_sampling/rollout_batches"] == 2, b[1]
+  assert b[1]["dynamic_sampling/filtered_groups"] > 0 and b[1]["dynamic_sampling/rollout_batches"] >= 2, b[1]
   for s in (1,):
     for key in ("dynamic_sampling/rollout_batches", "dynamic_sampling/filtered_groups",
                 "dynamic_sampling/topped_up_groups"):
