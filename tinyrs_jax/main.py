@@ -86,6 +86,31 @@ def _take_reward_weights(argv):
   return rest
 
 
+def load_config(argv: list[str]):
+  """The config the trainer would run for these arguments (`--config=FILE[:variant]` and `--config.<field>=value`
+  overrides, parsed by the same ml_collections flag the trainer defines, on flag values of their own), without
+  running anything: tools/aot loads its configuration here, so an override it accepts or suggests is one the
+  trainer accepts. Returns (config, the arguments that are not config flags)."""
+  mine = [a for a in argv if a == "--config" or a.startswith("--config=") or a.startswith("--config.")]
+  rest = [a for a in argv if a not in mine]
+  weights = {}
+  for a in list(mine):
+    if a.startswith("--config.rewards.") and "=" in a:  # as _take_reward_weights: a user reward may be new
+      name, value = a[len("--config.rewards."):].split("=", 1)
+      weights[name] = float(value)
+      mine.remove(a)
+  fv = flags.FlagValues()
+  holder = config_flags.DEFINE_config_file("config", None, "config file", flag_values=fv, lock_config=True,
+                                           sys_argv=["load_config", *mine])
+  fv(["load_config", *mine])
+  config = holder.value
+  if weights:
+    with config.unlocked():
+      for name, weight in weights.items():
+        config.rewards[name] = weight
+  return config, rest
+
+
 def _parse_flags(argv):
   """absl's flag parsing, with a one-line error for a config override that names no field."""
   try:

@@ -210,15 +210,20 @@ class CompiledStep:
   def _key(self, batch):
     return tuple(sorted((k, tuple(v.shape), str(v.dtype)) for k, v in batch.items()))
 
+  def lower(self, state_abstract, batch):
+    """The step lowered for `batch`'s shapes (arrays or ShapeDtypeStructs), exactly as `compiled` compiles it:
+    tools/aot compiles this for a target's devices."""
+    bsh = batch_shardings(self.mesh, batch, self.grad_accum)
+    jitted = jax.jit(self.fn, in_shardings=(self.state_sh, bsh), out_shardings=self.out_shardings,
+                     donate_argnums=(0,) if self.donate else ())
+    abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=bsh[k]) for k, v in batch.items()}
+    with sharding_lib.use_mesh(self.mesh):
+      return jitted.lower(state_abstract, abstract_batch)
+
   def compiled(self, state_abstract, batch):
     key = self._key(batch)
     if key not in self.cache:
-      bsh = batch_shardings(self.mesh, batch, self.grad_accum)
-      jitted = jax.jit(self.fn, in_shardings=(self.state_sh, bsh), out_shardings=self.out_shardings,
-                       donate_argnums=(0,) if self.donate else ())
-      abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=bsh[k]) for k, v in batch.items()}
-      with sharding_lib.use_mesh(self.mesh):
-        self.cache[key] = jitted.lower(state_abstract, abstract_batch).compile()
+      self.cache[key] = self.lower(state_abstract, batch).compile()
       if self.log:
         self.log(f"compiled {self.name} for batch shapes {dict((k, s) for k, s, _ in key)} "
                  f"({self.num_compiles} compilation{'s' if self.num_compiles > 1 else ''} so far)")
