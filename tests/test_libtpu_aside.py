@@ -95,7 +95,7 @@ def test_activated_sets_tpu_library_path_for_the_block_only(clean):
 
 
 def test_aot_sets_it_for_its_own_call(clean, monkeypatch):
-  from tinyrs_jax.tools import aot
+  from tinyrs_jax.tools.aot import cli
   aside = _touch(os.path.join(libtpu_aside.aside_dir(), "libtpu", "libtpu.so"))
   seen = {}
 
@@ -103,8 +103,8 @@ def test_aot_sets_it_for_its_own_call(clean, monkeypatch):
     seen["env"] = os.environ.get(libtpu_aside.ENV)
     return 0
 
-  monkeypatch.setattr(aot, "_main", fake_main)
-  assert aot.main([]) == 0
+  monkeypatch.setattr(cli, "_main", fake_main)
+  assert cli.main([]) == 0
   assert seen["env"] == aside
   assert libtpu_aside.ENV not in os.environ
 
