@@ -270,3 +270,12 @@ def test_fit_tables_markdown(tmp_path, monkeypatch):
   # the estimate: 2.5 s a step, 1,000 steps = 0.694 h on 8 chips = 5.56 chip-hours; a report without one says so
   assert "| h100x8 | 2.5 s; 0.694 h, 5.56 chip-h per 1,000 | not run |" in md
   assert "| h100x1 | not estimated | not estimated |" in md
+
+
+def test_exit_status_2_when_the_tool_fails(capsys):
+  """0 fits, 1 does not fit, 2 the tool itself failed (here: an unknown target, a value the trainer's parser
+  refuses): a failure is never read as a verdict."""
+  from tinyrs_jax.tools.aot import cli
+  assert cli.main(["--config=configs/pretrain.py", "--target=a100x8"]) == cli.FAILED == 2
+  assert cli.main(["--config=configs/pretrain.py", "--target=v5e-16", "--config.data.max_pixels=1024*28*28"]) == 2
+  assert "verdict is unknown" in capsys.readouterr().err
