@@ -11,10 +11,11 @@
   The defaults fit one H100, 8 GPUs, a v5e-16 or a v5p-8; with eval.mc_mode=loglik one H100 takes
   --config.eval.batch_size=32 (README, tools/aot).
 
-The demo (this CPU): the synthetic validation split, every task:
+The demo (this CPU): the synthetic data's validation split (data.demo_split=val, the default: tuning), every task:
     python -m tinyrs_jax.main --config=configs/eval.py:demo --workdir=runs/demo/eval/cot \
       --config.init.workdir=runs/demo/cot
-  (launch/demo.sh evaluates the starting point and every stage's final checkpoint this way.)
+  launch/demo.sh evaluates the starting point and every stage's final checkpoint this way on the test split
+  (--config.data.demo_split=test), which no demo setting was tuned on (docs/demo_tuning.md).
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ def get_config(arg: str | None = None):
   c.data.min_pixels = 0
   c.data.max_pixels = 0
   c.data.max_length = 4096  # prompts longer than this are skipped (counted in results.json)
+  c.data.demo_split = "val"  # data.demo: the synthetic split evaluated (train | val | test); test for reported numbers
   c.eval = ml_collections.ConfigDict(dict(
       run="",  # comma-separated benchmark names; "" = every benchmark whose path is set
       batch_size=64,  # prompts per generation batch (global)
@@ -59,7 +61,7 @@ def get_config(arg: str | None = None):
     c.init.allow_random = True  # without init.workdir: the random starting point of the demo chain
     c.eval.batch_size = 64
     c.eval.max_new_tokens = 128  # the demo cot checkpoint writes ~40 tokens (max 73)
-    c.eval.limit = 400  # 80 scenes x 5 tasks of the 994 held-out records (file order: whole scenes)
+    c.eval.limit = 400  # about 80 scenes x 5 tasks of a split's ~990 records (file order: whole scenes)
     c.eval.run = "synthetic,synthetic_caption"
     c.eval.prompt_style = "ours"  # our synthetic data: no original prompt exists
     c.benchmarks.synthetic_caption.limit = 64

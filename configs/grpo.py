@@ -14,7 +14,8 @@ The real recipe (a GPU box or a TPU pod; every host runs the same command):
     GRPOConfig default lr (the original's script). 32 prompts x 4 = 128 completions per step (the SFT stages'
     global batch) and 1024 new tokens at most (the original allowed 8192; ours fits a v5e-16 / 8 GPUs, see
     tools/aot): our choices.
-  Users' own rewards: --config.reward_modules=my_lab.rewards --config.rewards.my_reward=1.0.
+  Users' own rewards: --config.reward_modules=my_lab.rewards --config.rewards.my_reward=1.0 (the fields a reward
+  receives, its time limit grpo.reward_timeout_s and what a failing reward does: docs/grpo.md).
   Plus the flags that make it fit your machine (README, "The real 2B recipe"; tools/aot checks any other), e.g.
   --config.grad_accum_steps=16 on one H100, --config.mesh.fsdp=16 on a v5e-16 (8 GPUs, a v5p-8: the defaults).
 
@@ -48,7 +49,11 @@ def get_config(arg: str | None = None):
       temperature=1.0,
       top_p=1.0,
       top_k=0,  # 0: off
-      loss_type="grpo",  # grpo | bnpo | dr_grpo | dapo (TRL's aggregations; train/grpo.py)
+      # grpo | bnpo | dr_grpo | dapo (TRL's aggregations; train/grpo.py). bnpo here divides by the completion
+      # tokens of the WHOLE generation batch (all microbatches and processes); TRL's bnpo divides each
+      # microbatch on each device by its own token count and averages those: equal only when every microbatch
+      # holds as many tokens (docs/grpo.md)
+      loss_type="grpo",
       scale_rewards="group",  # group | batch | none: divide advantages by the group's std, the batch's, or not
       advantage_eps=1e-4,
       epsilon_low=0.2,
@@ -63,6 +68,8 @@ def get_config(arg: str | None = None):
       dynamic_sampling_max_batches=4,  # rollout batches per step at most; then topped up with filtered groups
       think_tag="think",  # the format reward's tags (the original used "reasoning")
       answer_tag="answer",
+      reward_timeout_s=600.0,  # a reward call (one batch) slower than this stops the run with an error; <= 0: none
+      allow_unverifiable=False,  # True: train on prompts without a verifiable answer (counted, logged); else refuse
       log_samples_every=10,  # steps between sample tables (samples.jsonl, TensorBoard text); 0: never
       num_samples_logged=8,
   ))

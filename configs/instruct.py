@@ -4,7 +4,7 @@ Starts from stage pretrain's checkpoint; everything else as stage 1 (full fine-t
 AdamW wd 0.1, 3 % warmup, cosine, global batch 128, 1 epoch, bf16 + fp32 master weights, full remat):
     python -m tinyrs_jax.main --config=configs/instruct.py --workdir=$WORK/instruct \
       --config.init.workdir=$WORK/pretrain --config.data.train=/data/vhm/sft.jsonl --config.data.image_root=/data/images
-  Plus the flags that make it fit your machine (README, "The real 2B recipe"; tools/aot checks any other), e.g.
+  Plus the flags that make it fit your machine (docs/fitting.md, "The real 2B recipe"; tools/aot checks any other), e.g.
   --config.grad_accum_steps=16 on one H100, --config.mesh.fsdp=16 --config.grad_accum_steps=2 on a v5e-16.
 
 The demo (this CPU, about a minute, synthetic instruct data, demo_8m model):

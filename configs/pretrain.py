@@ -6,7 +6,7 @@ The real recipe (a GPU box or a TPU pod; every host runs the same command):
       --config.data.train=/data/versad/captions.jsonl --config.data.image_root=/data/versad/images
   lr 1e-5 (LLM, merger) / 2e-6 (vision), AdamW wd 0.1, 3 % warmup, cosine, global batch 128, 1 epoch, bf16
   compute with fp32 master weights, full remat, images 512..1280 x 28² pixels.
-  Plus the flags that make it fit your machine (README, "The real 2B recipe"; tools/aot checks any other), e.g.
+  Plus the flags that make it fit your machine (docs/fitting.md, "The real 2B recipe"; tools/aot checks any other), e.g.
   --config.grad_accum_steps=16 on one H100, --config.mesh.fsdp=16 --config.grad_accum_steps=2 on a v5e-16.
 
 The demo (this CPU, about two minutes, synthetic captions, demo_8m model from scratch):

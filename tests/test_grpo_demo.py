@@ -4,7 +4,7 @@ the held-out greedy accuracy reward should rise by at least 0.03 and the format 
 A demo that worked for one seed only would be tuned to it.
 
 Opt-in (TINYRS_DEMO_SEEDS=1): about 15 minutes on 2 cores (the SFT chain, then three 20-step GRPO runs of about
-3 minutes), more than CI's budget leaves. Measured with the same config and starting policy (README, the
+3 minutes), more than CI's budget leaves. Measured with the same config and starting policy (docs/ablations.md, the
 ablation's accuracy=1.0+loss_type=grpo runs): accuracy reward +0.047 and +0.102 for seeds 0 and 1, format -0.008
 and +0.000; seed 2 not measured since the demo was rebalanced (20 GRPO steps, instruct 250 and cot 200 steps).
 """

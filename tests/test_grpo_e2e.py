@@ -20,6 +20,8 @@ GRPO = ["--config=configs/grpo.py:demo", "--config.init.demo_configs_dir=", "--c
         "--config.eval.every_steps=2", "--config.eval.num_prompts=8", "--config.eval.batch_size=4",
         "--config.grpo.log_samples_every=2", "--config.grpo.num_samples_logged=3",
         "--config.reward_modules=grpo_test_rewards", "--config.rewards.vowels=1.0", "--config.optim.lr=1e-3"]
+# two GRPO steps, no held-out eval: the failure paths below
+SHORT = [*GRPO, "--config.total_steps=2", "--config.eval.num_prompts=0", "--config.grpo.log_samples_every=0"]
 
 
 def env(devices: int = 1) -> dict:
@@ -28,9 +30,9 @@ def env(devices: int = 1) -> dict:
   return e
 
 
-def main(workdir, *args, devices=1, check=True, timeout=900):
+def main(workdir, *args, devices=1, check=True, timeout=900, extra_env=None):
   """test_train_e2e.main with the user reward module on the path."""
-  return train_main(workdir, *args, check=check, timeout=timeout, proc_env=env(devices))
+  return train_main(workdir, *args, check=check, timeout=timeout, proc_env={**env(devices), **(extra_env or {})})
 
 
 def rows(workdir) -> dict[int, dict]:
@@ -80,7 +82,9 @@ def test_run_writes_metrics_samples_and_checkpoints(reference):
   assert last["kl"] > 0  # mu = 2 and lr 1e-3: the policy left the reference
   assert r[4]["rewards/vowels/std"] > 0 and r[4]["frac_reward_zero_std"] < 1
   steps = sorted(int(s) for s in os.listdir(os.path.join(reference, "checkpoints")) if s.isdigit())
-  assert steps == [4, 8]  # optimizer steps: mu = 2 per GRPO step, checkpoints every 2 GRPO steps
+  assert steps == [2, 4]  # numbered by GRPO step (mu = 2 optimizer updates each), every 2 GRPO steps
+  assert last["optimizer_step"] == 8
+  assert json.load(open(os.path.join(reference, "grpo_reference.json")))["init"] == "random"
   samples = [json.loads(l) for l in open(os.path.join(reference, "samples.jsonl"))]
   assert [s["step"] for s in samples] == [1] * 3 + [3] * 3
   assert {"completion", "reward", "advantage", "rewards/vowels", "answer", "task"} <= set(samples[0])
@@ -102,7 +106,7 @@ def test_sigterm_saves_and_exits_143(reference, tmp_path):
   wd = str(tmp_path / "term")
   p = main(wd, *GRPO, "--config.debug_sigterm_at_step=1", "--config.checkpoint.every_steps=100", check=False)
   assert p.returncode == 143, p.stderr[-4000:]
-  assert "2" in os.listdir(os.path.join(wd, "checkpoints"))  # GRPO step 1 = optimizer step 2 (mu = 2)
+  assert os.listdir(os.path.join(wd, "checkpoints")) == ["1"]  # GRPO step 1 (= optimizer step 2, mu = 2)
 
 
 @pytest.mark.slow
@@ -120,3 +124,65 @@ def test_unknown_reward_is_a_clear_error(tmp_path):
   p = main(str(tmp_path), "--config=configs/grpo.py:demo", "--config.init.demo_configs_dir=",
            "--config.rewards.nonesuch=1.0", check=False)
   assert p.returncode != 0 and "nonesuch" in p.stderr and "format" in p.stderr
+
+
+def checkpoints(workdir) -> list[int]:
+  return sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+
+
+@pytest.mark.slow
+def test_a_raising_reward_stops_the_run_after_its_last_checkpoint(tmp_path):
+  """A user reward raising at step 3: the run stops with an error naming the reward, the example and the
+  completion; checkpoints 1 and 2 are complete on disk (and a restart resumes from 2)."""
+  wd = str(tmp_path / "explode")
+  p = main(wd, *SHORT, "--config.total_steps=4", "--config.checkpoint.every_steps=1", "--config.rewards.explode=1.0",
+           check=False, extra_env={"TINYRS_TEST_EXPLODE_AT": "3"})
+  assert p.returncode != 0
+  assert "reward 'explode' raised KeyError: 'bbox' on example id" in p.stderr, p.stderr[-3000:]
+  assert "completion '" in p.stderr and "the last checkpoint is step 2" in p.stderr
+  assert checkpoints(wd) == [1, 2]
+  from tinyrs_jax.checkpoint import orbax_io
+  assert orbax_io.latest_step(wd) == 2  # finalized
+
+
+@pytest.mark.slow
+def test_skipped_updates_keep_the_grpo_step_count(tmp_path):
+  """bnpo + mask_truncated_completions with 1 new token: every completion is truncated, every update is skipped
+  (weight 0). The GRPO step still counts: checkpoints 1 and 2 hold GRPO step 2, the skip is logged. (Before:
+  the step was state.step // mu, stuck at 0: one checkpoint 0, the due save at 1 refused, a restart trained
+  again from step 0.)"""
+  wd = str(tmp_path / "skip")
+  args = [*SHORT, "--config.grpo.max_new_tokens=1", "--config.grpo.loss_type=bnpo",
+          "--config.grpo.mask_truncated_completions=True", "--config.checkpoint.every_steps=1"]
+  p = main(wd, *args)
+  assert "2 of 2 updates skipped" in p.stderr
+  r = rows(wd)
+  assert [r[s]["skipped"] for s in (1, 2)] == [1.0, 1.0] and r[2]["optimizer_step"] == 0
+  assert checkpoints(wd) == [1, 2]
+  saved = json.load(open(os.path.join(wd, "checkpoints", "2", "data", "process_0-of-1.json")))
+  assert saved["grpo_step"] == 2  # what a restart continues from (it then finds the run finished)
+
+
+# prompts in two length buckets: draws (and processes) differ in prompt width, which must be agreed globally
+DYNAMIC = [*SHORT, "--config.total_steps=1", "--config.grpo.max_new_tokens=8", "--config.data.length_buckets=(96,128)",
+           "--config.grpo.dynamic_sampling=True",
+           "--config.grpo.dynamic_sampling_reward=starts_with_vowel", "--config.rewards.starts_with_vowel=1.0",
+           "--config.grpo.dynamic_sampling_max_batches=2"]
+
+
+@pytest.mark.slow
+def test_dynamic_sampling_on_two_processes_equals_one(tmp_path):
+  """grpo.dynamic_sampling over two jax.distributed processes (gloo) picks the same groups, with the same shapes,
+  as one process: slot by slot, shapes agreed globally. (Before: each process pooled its own kept groups and
+  padded to its own widths.)"""
+  from test_train_e2e import run_two_processes
+  ref, wd = str(tmp_path / "one"), str(tmp_path / "two")
+  main(ref, *DYNAMIC)
+  run_two_processes(wd, DYNAMIC, env(1), timeout=900)
+  a, b = rows(wd), rows(ref)
+  assert b[1]["dynamic_sampling/filtered_groups"] > 0 and b[1]["dynamic_sampling/rollout_batches"] == 2, b[1]
+  for s in (1,):
+    for key in ("dynamic_sampling/rollout_batches", "dynamic_sampling/filtered_groups",
+                "dynamic_sampling/topped_up_groups"):
+      assert a[s][key] == b[s][key], (s, key)
+  assert_same_run(wd, ref, atol=2e-4)

@@ -67,8 +67,13 @@ def np_policy_loss(logps, old, ref, adv, mask, loss_type, eps_low, eps_high, del
   else:
     value = loss[mask].sum() / max(num_items if num_items is not None else total_tokens, 1)
   den = max(total_tokens, 1)
-  metrics = {"clip_ratio/low_mean": low[mask].sum() / den, "clip_ratio/high_mean": high[mask].sum() / den,
-             "clip_ratio/region_mean": np.logical_or(low, high)[mask].sum() / den}
+  if level == "sequence":  # one ratio per sequence: TRL 1.16 averages the clip indicators over sequences
+    seq = lambda x: sum(bool(x[i][mask[i]].any()) for i in range(n)) / n
+    metrics = {"clip_ratio/low_mean": seq(low), "clip_ratio/high_mean": seq(high),
+               "clip_ratio/region_mean": seq(np.logical_or(low, high))}
+  else:
+    metrics = {"clip_ratio/low_mean": low[mask].sum() / den, "clip_ratio/high_mean": high[mask].sum() / den,
+               "clip_ratio/region_mean": np.logical_or(low, high)[mask].sum() / den}
   if ref is not None:
     metrics["kl"] = kl[mask].sum() / den
   return value, metrics
@@ -216,7 +221,8 @@ def test_terms_add_over_microbatches(loss_type):
       loss_sum, weight, sums, count = jax.tree.map(lambda *xs: sum(xs), *terms)
       np.testing.assert_allclose(float(loss_sum / weight), float(full_loss), rtol=1e-5, atol=1e-6)
       for k, v in full_metrics.items():
-        np.testing.assert_allclose(float(sums[k] / count), float(v), rtol=1e-5, atol=1e-6)
+        den = sums.get(k + grpo.SEQUENCE_DEN, count)  # sequence-level clip ratios count sequences
+        np.testing.assert_allclose(float(sums[k] / den), float(v), rtol=1e-5, atol=1e-6)
       if loss_type == "dapo":  # TRL's way: each microbatch divided by the generation batch's token count
         total = sum(grpo.policy_loss(logps[r], old[r], ref[r], adv[r], mask[r], num_items_in_batch=mask.sum(),
                                      **kw)[0] for r in rows)
@@ -286,5 +292,5 @@ def test_clip_metrics_hand_made():
   assert float(m["clip_ratio/region_mean"]) == pytest.approx(1 / 5)
   # Sequence level: row 0 ratio exp(mean log) = (1.95)^(1/3) ~ 1.249 (not clipped at 0.28, clipped at 0.2).
   _, m = grpo.policy_loss(logps, old, None, adv, mask, importance_sampling_level="sequence")
-  assert float(m["clip_ratio/high_mean"]) == pytest.approx(3 / 5)  # token-weighted: 3 tokens of 5
-  assert float(m["clip_ratio/low_mean"]) == pytest.approx(2 / 5)  # row 1: sqrt(0.63) ~ 0.794 < 0.8
+  assert float(m["clip_ratio/high_mean"]) == pytest.approx(1 / 2)  # sequences, as TRL 1.16: 1 of 2 (not 3/5)
+  assert float(m["clip_ratio/low_mean"]) == pytest.approx(1 / 2)  # row 1: sqrt(0.63) ~ 0.794 < 0.8

@@ -193,11 +193,13 @@ def _process_json_args():
   return _PROCESS_JSON
 
 
-def save_train_state(mngr, state, data_state: dict | None = None, *, force: bool = False) -> bool:
-  """Saves a TrainState (anything with step/params/opt_state/rng) at its step; returns whether it saved."""
+def save_train_state(mngr, state, data_state: dict | None = None, *, force: bool = False,
+                     step: int | None = None) -> bool:
+  """Saves a TrainState (anything with step/params/opt_state/rng) as checkpoint number `step` (default: its
+  step); returns whether it saved."""
   ocp = _ocp()
   save_json, _ = _process_json_args()
-  step = int(jax.device_get(state.step))
+  step = int(jax.device_get(state.step)) if step is None else int(step)
   items = dict(params=ocp.args.StandardSave(state.params), opt_state=ocp.args.StandardSave(state.opt_state),
                meta=ocp.args.StandardSave({"step": state.step, "rng": state.rng}))
   if data_state is not None:

@@ -390,12 +390,20 @@ class _Pipeline:
     return batch
 
 
+def prompt_text(record: Record) -> str:
+  """The prompt's text as rewards see it (meta["prompt"]): its user turns, joined by newlines, without the
+  image placeholder."""
+  from tinyrs_jax.data.records import IMAGE_PLACEHOLDER
+  return "\n".join(m["content"].replace(IMAGE_PLACEHOLDER, "").strip() for m in record.prompt_messages
+                   if m["role"] == "user")
+
+
 def _meta(plan: _Plan | None) -> dict:
   if plan is None:
-    return {"is_padding": True, "id": None, "task": None, "answer": None, "boxes": [], "width": None,
+    return {"is_padding": True, "id": None, "task": None, "prompt": None, "answer": None, "boxes": [], "width": None,
             "height": None, "source": None, "line": None, "record_index": None, "extra": {}}
   r = plan.record
-  return {"is_padding": False, "id": r.id, "task": r.task, "answer": r.answer,
+  return {"is_padding": False, "id": r.id, "task": r.task, "prompt": prompt_text(r), "answer": r.answer,
           "boxes": [{"label": label, "box": list(box)} for label, box in plan.boxes],
           "width": plan.size[0] if plan.size else None, "height": plan.size[1] if plan.size else None,
           "source": r.source, "line": r.line, "record_index": plan.index, "extra": dict(r.extra)}

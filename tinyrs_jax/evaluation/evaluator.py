@@ -365,15 +365,20 @@ def _agree(values: list[int]) -> list[int]:
 
 def demo_assets(config) -> str | None:
   """data.demo: the synthetic data set (built once, cached) is the `synthetic` benchmark's default files (its
-  validation split: plain questions, every task) and its tokenizer the default; returns the tokenizer folder."""
+  data.demo_split split, "val" unless set: plain questions, every task; captions from pretraining's file of that
+  split) and its tokenizer the default; returns the tokenizer folder."""
   if not config.data.get("demo", False):
     return None
+  from tinyrs_jax.data import synthetic
   from tinyrs_jax.data.demo_tokenizer import ensure_demo_assets
+  split = config.data.get("demo_split", "val") or "val"
+  if split not in synthetic.SPLITS:
+    raise ValueError(f"data.demo_split={split!r}; use one of {list(synthetic.SPLITS)}")
   data_dir, tok = ensure_demo_assets(None, int(config.data.get("demo_examples", 2000)), 0)
   if not config.benchmarks.synthetic.path:
-    config.benchmarks.synthetic.path = os.path.join(data_dir, "instruct", "val.jsonl")
+    config.benchmarks.synthetic.path = os.path.join(data_dir, "instruct", f"{split}.jsonl")
   if not config.benchmarks.synthetic_caption.path:
-    config.benchmarks.synthetic_caption.path = os.path.join(data_dir, "pretrain", "val.jsonl")
+    config.benchmarks.synthetic_caption.path = os.path.join(data_dir, "pretrain", f"{split}.jsonl")
   return tok
 
 
@@ -567,30 +572,4 @@ class TrainingEval:
     return out
 
 
-_ROW_FIELDS = ("correct_strict", "correct_tinyrs", "iou", "iou_tinyrs", "parsed")
-_SIZES = (None, "small", "medium", "large")
-
-
-def gather_scored_rows(rows: list[dict]) -> list[dict]:
-  """Every process's scored rows (the fields aggregate() reads; no question types), via one numeric all-gather."""
-  if jax.process_count() == 1:
-    return rows
-  from tinyrs_jax.data.records import TASKS
-  tasks = list(TASKS)
-  nan = float("nan")
-  table = np.asarray([[tasks.index(r["task"]) if r.get("task") in TASKS else -1, _SIZES.index(r.get("size"))]
-                      + [nan if r.get(k) is None else float(r[k]) for k in _ROW_FIELDS] for r in rows],
-                     np.float64).reshape(len(rows), 2 + len(_ROW_FIELDS))
-  count = sharding_lib.gather_rows(np.asarray([len(rows)]))
-  width = int(count.max())
-  padded = np.full((width, table.shape[1]), nan)
-  padded[:len(rows)] = table
-  allrows = sharding_lib.gather_rows(padded).reshape(len(count), width, -1)
-  out = []
-  for p, n in enumerate(count):
-    for t in allrows[p, :int(n)]:
-      row = {"task": tasks[int(t[0])] if t[0] >= 0 else None, "size": _SIZES[int(t[1])]}
-      for k, v in zip(_ROW_FIELDS, t[2:]):
-        row[k] = None if np.isnan(v) else (bool(v) if k in ("correct_strict", "correct_tinyrs", "parsed") else float(v))
-      out.append(row)
-  return out
+gather_scored_rows = metrics_lib.gather_scored_rows  # the GRPO held-out evaluation's name for it

@@ -51,8 +51,8 @@ def _ground_metrics(out: dict, ground: list[dict], suffix: str = "") -> None:
     out[f"ground/acc@{t}{suffix}"] = _metric([float(r["iou"] >= t) for r in ground],
                                              [float(r["iou_tinyrs"] >= t) for r in parsed])
   out[f"ground/miou{suffix}"] = _metric([r["iou"] for r in ground], [r["iou_tinyrs"] for r in parsed])
-  if all("union" in r for r in ground):
-    out[f"ground/cum_iou{suffix}"] = _cum_iou(ground, [r for r in parsed if "union_tinyrs" in r])
+  if all(r.get("union") is not None for r in ground):
+    out[f"ground/cum_iou{suffix}"] = _cum_iou(ground, [r for r in parsed if r.get("union_tinyrs") is not None])
 
 
 UNSCORED_REASONS = {"no_true_box": "grounding records without a true box (unusable)",
@@ -188,4 +188,44 @@ def markdown_table(results: dict[str, dict]) -> str:
   return "\n".join(lines) + "\n" + notes
 
 
-__all__ = ["aggregate", "confusion", "read_rows", "markdown_table", "unscored", "RULE_SETS"]
+_ROW_FIELDS = ("correct_strict", "correct_tinyrs", "iou", "iou_tinyrs", "parsed")
+# fields aggregate() reads where a row has them (absent otherwise): cumulative IoU, ground_multi, VRSBench's split
+_OPTIONAL_FIELDS = ("inter", "union", "inter_tinyrs", "union_tinyrs", "n_pred", "n_true", "matched", "unique",
+                    "no_true_box")
+_BOOL_FIELDS = ("correct_strict", "correct_tinyrs", "parsed", "unique", "no_true_box")
+_INT_FIELDS = ("n_pred", "n_true", "matched")
+_SIZES = (None, "small", "medium", "large")
+
+
+def gather_scored_rows(rows: list[dict]) -> list[dict]:
+  """Every process's scored rows (the fields aggregate() reads; no question types), via one numeric all-gather."""
+  import jax
+  import numpy as np
+
+  from tinyrs_jax import sharding as sharding_lib
+  if jax.process_count() == 1:
+    return rows
+  from tinyrs_jax.data.records import TASKS
+  tasks = list(TASKS)
+  nan = float("nan")
+  table = np.asarray([[tasks.index(r["task"]) if r.get("task") in TASKS else -1, _SIZES.index(r.get("size"))]
+                      + [nan if r.get(k) is None else float(r[k]) for k in _ROW_FIELDS + _OPTIONAL_FIELDS]
+                      for r in rows], np.float64).reshape(len(rows), 2 + len(_ROW_FIELDS) + len(_OPTIONAL_FIELDS))
+  count = sharding_lib.gather_rows(np.asarray([len(rows)]))
+  width = int(count.max())
+  padded = np.full((width, table.shape[1]), nan)
+  padded[:len(rows)] = table
+  allrows = sharding_lib.gather_rows(padded).reshape(len(count), width, -1)
+  out = []
+  for p, n in enumerate(count):
+    for t in allrows[p, :int(n)]:
+      row = {"task": tasks[int(t[0])] if t[0] >= 0 else None, "size": _SIZES[int(t[1])]}
+      for k, v in zip(_ROW_FIELDS + _OPTIONAL_FIELDS, t[2:]):
+        if np.isnan(v) and k in _OPTIONAL_FIELDS:
+          continue
+        row[k] = None if np.isnan(v) else bool(v) if k in _BOOL_FIELDS else int(v) if k in _INT_FIELDS else float(v)
+      out.append(row)
+  return out
+
+
+__all__ = ["aggregate", "confusion", "gather_scored_rows", "read_rows", "markdown_table", "unscored", "RULE_SETS"]

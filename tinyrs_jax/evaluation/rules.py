@@ -78,24 +78,7 @@ def size_bucket(box: Sequence[float] | None) -> str | None:
 
 # ------------------------------------------------------------------------------------------------- strict
 
-_CHOICE_PREFIX = re.compile(r"^(?:the\s+)?(?:correct\s+)?(?:answer|option|choice)(?:\s+is)?\s*[:\-]?\s*", re.I)
-_CHOICE = re.compile(r"^[\(\[]?([A-Z])[\)\]]?(?=$|[\s.,:;)\]])")
-
-
-def parse_choice(text: Any, choices: Sequence[str] = ()) -> str | None:
-  """The option letter an answer commits to: a leading capital letter ("B", "(B)", "B. forest", "Answer: B"),
-  or a lone letter in any case ("b"), else the letter of the one option whose text equals the answer; None
-  otherwise (also for a letter beyond the options, when they are known). "a forest" is not option A."""
-  span = _CHOICE_PREFIX.sub("", scoring.as_text(text).strip(), count=1)
-  m = _CHOICE.match(span)
-  letter = m.group(1) if m else None
-  norm = scoring.normalize_answer(span)
-  if letter is None and len(norm) == 1 and norm.isalpha() and norm.isascii():
-    letter = norm.upper()
-  if letter is not None:
-    return letter if not choices or ord(letter) - ord("A") < len(choices) else None
-  hits = [i for i, c in enumerate(choices) if norm and scoring.normalize_answer(c) == norm]
-  return chr(ord("A") + hits[0]) if len(hits) == 1 else None
+parse_choice = scoring.parse_choice  # one parser for the reward and the evaluation (rewards/scoring.py)
 
 
 def strict_answer(output: str, answer_tag: str, think_tags: Sequence[str]) -> str:

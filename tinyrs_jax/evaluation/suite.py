@@ -82,7 +82,9 @@ ORIGINAL_VG_SUFFIX = "<|object_ref_end|>"
 def original_prompt(task: str, extra: Mapping[str, Any]) -> str | None:
   """The original's user turn for a record (the image first, then its text), or None where the record does not
   carry its raw question (`extra["raw_question"]`, set by the dior_rsvg, rsvqa and tinyrs_eval readers) or the
-  task has no original wording (captions, our synthetic tasks, LHRS-Bench's qa.json: they keep ours)."""
+  task has no original wording (captions, our synthetic tasks, LHRS-Bench's qa.json: they keep ours). The
+  dior_rsvg reader's raw question is the object's description (the XML has no question text); exact parity with
+  the original's inputs needs its own evaluation JSON (format tinyrs_eval), whose questions are used as written."""
   q = extra.get("raw_question")
   if not isinstance(q, str) or not q.strip():
     return None

@@ -1,10 +1,13 @@
 """GRPO rewards: a registry of named reward functions and the weighted sum the trainer optimises.
 
 A reward is `fn(completions: list[str], examples: list[dict], **options) -> list[float]`, one value per
-completion. `examples[i]` is the pipeline's per-row metadata for completion i (task, answer, boxes in pixels,
-width, height, id, is_padding, extra) plus what the trainer adds per completion (completion_length,
-max_completion_length, truncated). Any key may be missing. Rewards parse text (see `scoring`) and never
-evaluate it.
+completion. `examples[i]` describes completion i (`EXAMPLE_FIELDS` lists them; any key may be None or missing
+when a caller has no value for it). The trainer never passes padding rows. Rewards parse text (see `scoring`)
+and never evaluate it.
+
+A reward that raises, returns something else than one finite number per completion, or runs longer than
+`timeout_s` (compute_rewards) raises RewardError naming the reward, the example id and the first characters of
+the completion it failed on (for a raise, the rewards are re-run one row at a time to find that row).
 
     @register_reward("my_reward")            # in any importable module
     def my_reward(completions, examples, **options): ...
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import threading
 from types import ModuleType
 from typing import Any, Callable, Mapping, Sequence
 
@@ -30,8 +34,39 @@ RewardFn = Callable[..., Sequence[float]]
 _REGISTRY: dict[str, RewardFn] = {}
 
 
+EXAMPLE_FIELDS = {
+    "id": "the record's id (str)",
+    "task": "its task (records.TASKS: classify, vqa_presence, vqa_count, ground, mc, ...)",
+    "prompt": "the prompt's text: its user turns, joined by newlines (images are not included)",
+    "answer": "the reference answer (str, or None when the record has none)",
+    "boxes": "reference boxes [{label, box: [x1, y1, x2, y2]}] in pixels of the original image",
+    "width": "the image's width in pixels (None without an image)",
+    "height": "the image's height in pixels",
+    "source": "the data file the record came from",
+    "line": "its line in that file (1-based; None for sources without lines)",
+    "record_index": "its index among the file's records",
+    "extra": "the reader's extra fields (dict; e.g. choices for multiple choice)",
+    "is_padding": "always False here: padding rows never reach a reward",
+    "completion_length": "tokens generated for this completion (the stop token included)",
+    "max_completion_length": "grpo.max_new_tokens",
+    "truncated": "True when the completion was cut at max_completion_length",
+}
+
+COMPLETION_HEAD = 80  # characters of a completion quoted in a RewardError
+
+
 class RewardError(ValueError):
-  """A reward misbehaved: it raised, returned the wrong number of values, or a non-finite value."""
+  """A reward misbehaved: it raised, timed out, returned the wrong number of values, or a non-finite value."""
+
+
+def describe_row(completions: Sequence[Any], examples: Sequence[Any], i: int) -> str:
+  """"example id X, completion 'first characters…'" for row i (what a RewardError names)."""
+  ex = examples[i] if i < len(examples) else None
+  ex_id = ex.get("id") if isinstance(ex, Mapping) else None
+  text = completions[i] if i < len(completions) else ""
+  text = text if isinstance(text, str) else repr(text)
+  head = text[:COMPLETION_HEAD] + ("…" if len(text) > COMPLETION_HEAD else "")
+  return f"example id {ex_id!r}, completion {head!r}"
 
 
 def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
@@ -87,12 +122,47 @@ def load_reward_modules(modules: str | Sequence[str] | None) -> list[ModuleType]
   return loaded
 
 
-def _call(name: str, fn: RewardFn, completions: list, examples: list, options: Mapping[str, Any]) -> np.ndarray:
-  """One reward's values as float64 (N,), checked; every failure names the reward."""
-  try:
-    values = fn(completions, examples, **options)
-  except Exception as e:  # noqa: BLE001 - re-raised with the reward's name
-    raise RewardError(f"reward {name!r} raised {type(e).__name__}: {e}") from e
+def _run(fn: RewardFn, completions: list, examples: list, options: Mapping[str, Any],
+         timeout_s: float | None) -> tuple[str, Any]:
+  """("ok", values) | ("raised", exception) | ("timeout", None): fn run in a daemon thread when timeout_s is set
+  (a hung reward cannot be stopped, but the run no longer waits for it; the thread dies with the process)."""
+  if not timeout_s or timeout_s <= 0:
+    try:
+      return "ok", fn(completions, examples, **options)
+    except Exception as e:  # noqa: BLE001 - re-raised with the reward's name
+      return "raised", e
+  box: dict[str, Any] = {}
+
+  def target():
+    try:
+      box["ok"] = fn(completions, examples, **options)
+    except BaseException as e:  # noqa: BLE001
+      box["raised"] = e
+
+  t = threading.Thread(target=target, name="reward", daemon=True)
+  t.start()
+  t.join(timeout_s)
+  if t.is_alive():
+    return "timeout", None
+  return ("raised", box["raised"]) if "raised" in box else ("ok", box.get("ok"))
+
+
+def _call(name: str, fn: RewardFn, completions: list, examples: list, options: Mapping[str, Any],
+          timeout_s: float | None = None) -> np.ndarray:
+  """One reward's values as float64 (N,), checked; every failure names the reward, and where it can the row."""
+  status, values = _run(fn, completions, examples, options, timeout_s)
+  if status == "timeout":
+    raise RewardError(f"reward {name!r} did not return within {timeout_s:g} s (grpo.reward_timeout_s) on "
+                      f"{len(completions)} completions, the first {describe_row(completions, examples, 0)}")
+  if status == "raised":
+    e = values
+    row = ""
+    for i in range(len(completions)):  # find the row it fails on (the error path only)
+      st, _ = _run(fn, completions[i:i + 1], examples[i:i + 1], options, timeout_s)
+      if st != "ok":
+        row = f" on {describe_row(completions, examples, i)}"
+        break
+    raise RewardError(f"reward {name!r} raised {type(e).__name__}: {e}{row}") from e
   try:
     out = np.asarray(values if isinstance(values, np.ndarray) else list(values), dtype=np.float64)
   except (TypeError, ValueError, OverflowError) as e:
@@ -104,17 +174,19 @@ def _call(name: str, fn: RewardFn, completions: list, examples: list, options: M
     bad = np.flatnonzero(~np.isfinite(out.astype(np.float32)))  # float32 is what the trainer sees
   if bad.size:
     raise RewardError(f"reward {name!r} returned non-finite (or beyond float32) values at rows "
-                      f"{bad[:8].tolist()}: {out[bad[:8]].tolist()}")
+                      f"{bad[:8].tolist()}: {out[bad[:8]].tolist()}; the first "
+                      f"{describe_row(completions, examples, int(bad[0]))}")
   return out
 
 
 def compute_rewards(completions: Sequence[str], examples: Sequence[Mapping[str, Any]], weights: Mapping[str, float],
-                    options: Mapping[str, Mapping[str, Any]] | None = None
+                    options: Mapping[str, Mapping[str, Any]] | None = None, *, timeout_s: float | None = None
                     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
   """(total (N,) float32, {name: unweighted (N,) float32}) for every reward with a nonzero weight.
 
   total = Σ weight × reward. Unknown names in `weights` or `options` raise KeyError listing the known ones;
-  zero-weight rewards are not called (their options are still checked by name).
+  zero-weight rewards are not called (their options are still checked by name). A reward call longer than
+  `timeout_s` seconds (None or <= 0: no limit) raises RewardError.
   """
   completions, examples = list(completions), list(examples)
   if len(completions) != len(examples):
@@ -131,7 +203,7 @@ def compute_rewards(completions: Sequence[str], examples: Sequence[Mapping[str, 
   total = np.zeros(len(completions), np.float64)
   parts = {}
   for name, w in active.items():
-    values = _call(name, get_reward(name), completions, examples, options.get(name) or {})
+    values = _call(name, get_reward(name), completions, examples, options.get(name) or {}, timeout_s)
     total += w * values
     parts[name] = values.astype(np.float32)
   with np.errstate(over="ignore"):

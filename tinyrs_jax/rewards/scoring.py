@@ -20,6 +20,9 @@ Parsers (each returns None when the text does not commit to exactly one value, s
                 list, read in `box_format`: "qwen1000" (default, v * size / 1000), "pixels", or "norm1"
                 (v * size). Coordinates are read as written (decimals kept). Returned in pixels, unclipped;
                 non-finite, inverted or empty boxes are None.
+  parse_choice  the option letter an answer commits to ("B", "(B)", "B. forest", "Answer: B", a lone "b", or
+                exactly one option's text: "forest"); the one parser of multiple choice, for the `accuracy`
+                reward and the evaluation suite's strict rule alike.
 
 `score_accuracy(completion, example)` dispatches on the example's task (see its docstring); `score_iou` gives
 the grounding IoU or None when the completion has no parseable box (evaluation counts those separately).
@@ -151,6 +154,33 @@ def strict_int(text: Any) -> int | None:
   return parse_int(s) if (s.isascii() and s.isdigit()) or s in NUMBER_WORDS else None
 
 
+_CHOICE_PREFIX = re.compile(r"^(?:the\s+)?(?:correct\s+)?(?:answer|option|choice)(?:\s+is)?\s*[:\-]?\s*", re.I)
+_CHOICE = re.compile(r"^[\(\[]?([A-Z])[\)\]]?(?=$|[\s.,:;)\]])")
+
+
+def parse_choice(text: Any, choices: Sequence[str] = ()) -> str | None:
+  """The option letter an answer commits to: a leading capital letter ("B", "(B)", "B. forest", "Answer: B"),
+  or a lone letter in any case ("b"), else the letter of the one option whose text equals the answer; None
+  otherwise (also for a letter beyond the options, when they are known). "a forest" is not option A."""
+  span = _CHOICE_PREFIX.sub("", as_text(text).strip(), count=1)
+  m = _CHOICE.match(span)
+  letter = m.group(1) if m else None
+  norm = normalize_answer(span)
+  if letter is None and len(norm) == 1 and norm.isalpha() and norm.isascii():
+    letter = norm.upper()
+  if letter is not None:
+    return letter if not choices or ord(letter) - ord("A") < len(choices) else None
+  hits = [i for i, c in enumerate(choices) if norm and normalize_answer(c) == norm]
+  return chr(ord("A") + hits[0]) if len(hits) == 1 else None
+
+
+def choices_of(example: Any) -> Sequence[str]:
+  """A multiple-choice example's option texts (example["extra"]["choices"]), or ()."""
+  extra = _get(example, "extra") or {}
+  choices = extra.get("choices") if isinstance(extra, Mapping) else None
+  return choices if isinstance(choices, (list, tuple)) else ()
+
+
 _NUM = r"\s*(-?(?:\d{1,7}(?:\.\d{0,7})?|\.\d{1,7}))\s*"
 _LIST_BOX = re.compile(r"\[" + _NUM + "," + _NUM + "," + _NUM + "," + _NUM + r"\]")
 
@@ -256,6 +286,7 @@ def score_accuracy(completion: Any, example: Any, *, answer_tag: str = ANSWER_TA
   ground        continuous IoU of the first predicted box with the reference box (0 if unparseable).
   yes/no        vqa_presence, vqa_compare, or any reference that is yes/no: parse_yes_no equality.
   vqa_count     parse_int equality when the reference is an integer, else normalised exact match (RSVQA ranges).
+  mc            parse_choice (with the example's options) equals the reference letter (as the evaluation).
   anything else with a reference answer (classify, vqa_rural_urban, vqa_area, vqa, ...): normalised exact match.
   no reference  (caption): 0.0.
   """
@@ -271,8 +302,18 @@ def score_accuracy(completion: Any, example: Any, *, answer_tag: str = ANSWER_TA
   ref_yes_no = parse_yes_no(ref) if task in YES_NO_TASKS else (ref_norm if ref_norm in ("yes", "no") else None)
   if ref_yes_no is not None:
     return float(parse_yes_no(span) == ref_yes_no)
+  if task == "mc":
+    return float(parse_choice(span, choices_of(example)) == ref.strip().upper())
   if task == "vqa_count":
     ref_int = strict_int(ref)
     if ref_int is not None:
       return float(parse_int(span) == ref_int)
   return float(normalize_answer(span) == ref_norm)
+
+
+def is_verifiable(example: Any) -> bool:
+  """Whether `score_accuracy` can grade the example: a reference box for grounding, a reference answer else."""
+  if _get(example, "task") == GROUND_TASK:
+    boxes = _get(example, "boxes")
+    return bool(boxes) or reference_answer(example) is not None
+  return reference_answer(example) is not None

@@ -228,7 +228,7 @@ def rows_own_slots(static: dict, image_token_id: int, merge_unit: int,
 
 
 def generate(model, batch: dict, *, max_new_tokens: int, temperature: float = 0.0, top_k: int = 0,
-             top_p: float = 1.0, seed: int = 0, eos_token_ids=None, num_samples: int = 1,
+             top_p: float = 1.0, seed: "int | jax.Array" = 0, eos_token_ids=None, num_samples: int = 1,
              length_buckets: Sequence[int] = batch_lib.PROMPT_LENGTH_BUCKETS,
              new_token_buckets: Sequence[int] = NEW_TOKEN_BUCKETS, mesh=None, return_device_arrays=False):
   """Samples `num_samples` completions per prompt. See the module docstring; returns a `Generation`."""
@@ -255,7 +255,8 @@ def generate(model, batch: dict, *, max_new_tokens: int, temperature: float = 0.
   eos = [] if eos_token_ids is None else ([eos_token_ids] if np.isscalar(eos_token_ids) else list(eos_token_ids))
   eos = np.asarray(eos or [-1], np.int32)  # -1 matches no token: generate exactly max_new_tokens
   graphdef, state = nnx.split(model)
-  rng_prefill, rng_decode = jax.random.split(jax.random.key(seed))
+  key = seed if isinstance(seed, jax.Array) else jax.random.key(seed)  # an int seed, or a key
+  rng_prefill, rng_decode = jax.random.split(key)
   scalars = (jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p))
 
   ctx = sharding.use_mesh(mesh) if mesh is not None else contextlib.nullcontext()

@@ -62,7 +62,12 @@ def table(run: str, stages: list[str]) -> str:
   head = "| stage | " + " | ".join(c[0] for c in COLUMNS) + " |"
   sep = "|---|" + "---:|" * len(COLUMNS)
   base = os.path.join(run, "eval", found[-1], "predictions", "synthetic.jsonl")
+  split = "validation"
   if os.path.exists(base):
+    with open(base, encoding="utf-8") as f:
+      first = json.loads(f.readline() or "{}")
+    parts = str(first.get("id", "")).split("-")  # the synthetic data's ids: <stage>-<split>-<scene>-<task>
+    split = {"val": "validation", "test": "test", "train": "training"}.get(parts[1] if len(parts) > 1 else "", split)
     maj = majority_baseline(base)
     task_of = {"classify": "classify", "presence": "vqa_presence", "count": "vqa_count", "compare": "vqa_compare"}
     cells = [f"{maj[task_of[h]]:.3f}" if task_of.get(h) in maj else "–" for h, _, _ in COLUMNS]
@@ -75,7 +80,7 @@ def table(run: str, stages: list[str]) -> str:
     if "synthetic_caption" in last:
       n += f", {last['synthetic_caption']['examples']} captions"
     n += ")"
-  note = (f"\nStrict rule set, greedy answers on the synthetic validation split{n}; each stage's final checkpoint "
+  note = (f"\nStrict rule set, greedy answers on the synthetic {split} split{n}; each stage's final checkpoint "
           "(start: the random initialisation). Per-benchmark details, both rule sets: "
           f"{run}/eval/<stage>/results.md.\n")
   return "\n".join([head, sep] + rows) + "\n" + note

@@ -26,7 +26,8 @@ even inf): they get neither loss nor gradient.
   microbatch holds as many tokens). metric_sums are token sums of `kl` (present when ref_logps is given) and
   of the clip indicators `clip_ratio/low_mean` (rho < 1 - eps_low and A < 0), `clip_ratio/high_mean`
   (rho > 1 + eps_high and A > 0), `clip_ratio/region_mean` (either), rho taken after the delta cap as TRL
-  does; token_count = sum m.
+  does; with importance_sampling_level "sequence" the clip indicators are per sequence and their sums count
+  sequences (metric_sums[k + "__den"] = N, as TRL 1.16 averages them over sequences); token_count = sum m.
 - `policy_loss(...)`: (loss, metrics) of one batch on top of the terms: loss_sum / max(weight, 1) and
   metric sums / max(token_count, 1); dapo with an explicit `num_items_in_batch` (the completion tokens of the
   whole generation batch, all processes and microbatches) divides by that instead, as TRL does per microbatch.
@@ -50,6 +51,7 @@ SCALES = ("group", "batch", "none")
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 IS_LEVELS = ("token", "sequence")
 METRIC_NAMES = ("clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean")
+SEQUENCE_DEN = "__den"  # metric_sums[k + SEQUENCE_DEN]: k's denominator when it is not the token count
 
 
 def _float(x) -> jax.Array:
@@ -153,7 +155,13 @@ def policy_loss_terms(logps, old_logps, ref_logps, advantages, mask, *, loss_typ
       weight = jnp.asarray(n * max_len, dtype)
     else:  # bnpo, dapo
       weight = token_count
-  metric_sums = {k: jnp.sum(v) for k, v in clips.items()}
+  if importance_sampling_level == "sequence":
+    # one ratio per sequence: the clip indicators count sequences (TRL 1.16's masked_batch_mean of a (N, 1)
+    # tensor: the mean over the batch's sequences); the `__den` entry carries the sequence count
+    metric_sums = {k: jnp.sum(jnp.max(v, axis=1)) for k, v in clips.items()}
+    metric_sums.update({k + SEQUENCE_DEN: jnp.asarray(n, dtype) for k in clips})
+  else:
+    metric_sums = {k: jnp.sum(v) for k, v in clips.items()}
   if kl is not None:
     metric_sums["kl"] = jnp.sum(kl)
   return loss_sum, weight, metric_sums, token_count
@@ -172,4 +180,5 @@ def policy_loss(logps, old_logps, ref_logps, advantages, mask, *, loss_type: str
     weight = jnp.asarray(num_items_in_batch, loss_sum.dtype)
   loss = loss_sum / jnp.maximum(weight, 1.0)
   count = jnp.maximum(count, 1.0)
-  return loss, {k: v / count for k, v in sums.items()}
+  return loss, {k: v / (jnp.maximum(sums[k + SEQUENCE_DEN], 1.0) if k + SEQUENCE_DEN in sums else count)
+                for k, v in sums.items() if not k.endswith(SEQUENCE_DEN)}

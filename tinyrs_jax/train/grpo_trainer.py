@@ -16,8 +16,16 @@ One GRPO step, for `batch_size` prompts (global) and G = grpo.num_generations:
                old-policy log-probs, both by the training forward at the sampling temperature;
   5. update    num_iterations (mu) optimizer steps on that batch with the registered "grpo" loss.
 Everything around the step (metrics pipelining, checkpoints, evaluation cadence, SIGTERM, the kill hook,
-export) is train/loop.py's, shared with the SFT trainer. A restart resumes exactly: the data iterator is saved
-with each checkpoint and the rollout's randomness follows (seed, step).
+export) is train/loop.py's, shared with the SFT trainer. A restart resumes exactly: the data iterator and the
+GRPO step are saved with each checkpoint (numbered by GRPO step, whether or not an update was skipped), the
+rollout's key is fold_in(seed, step, attempt), and the reference policy is the checkpoint recorded at the start
+(grpo_reference.json).
+
+Where each piece lives: RewardScorer (rewards: padding rows never scored, timeout, a failure named and agreed
+on by every process), GRPOStep (sample / sample_dynamic / build_batch / update / run_updates), TrainStep (the
+loop's train_step: the GRPO step counter, skipped updates, samples), HeldOutEval (the loop's evaluate),
+check_verifiable (prompts without a verifiable answer), pin_init / load_reference (the reference policy).
+What a user sees on each failure path: docs/grpo.md.
 
 Held-out evaluation (at the start, every eval.every_steps and at the end): greedy completions for the validation
 prompts, scored by the same rewards: eval/reward, eval/rewards/<name>, eval/accuracy/<task>; and by the evaluation
@@ -77,9 +85,64 @@ def reward_setup(config) -> tuple[dict[str, float], dict[str, dict]]:
   return weights, options
 
 
-def _eval_rewards(weights: dict[str, float]) -> dict[str, float]:
-  """Held-out evaluation also reports format and accuracy when their training weight is 0."""
-  return {"format": 0.0, "accuracy": 0.0, **weights}
+def eval_reward_weights(weights: dict[str, float]) -> dict[str, float]:
+  """What the held-out evaluation computes: the training rewards, plus format and accuracy (weight 1 for the
+  call only) when their training weight is 0, so an ablation arm still reports both."""
+  return {"format": 1.0, "accuracy": 1.0, **{k: v for k, v in weights.items() if v != 0}}
+
+
+class RewardFailure(RuntimeError):
+  """A reward raised or timed out on some process: raised on every process, with that process's message."""
+
+
+_MESSAGE_BYTES = 2048
+
+
+def agree_on_failure(error: str) -> None:
+  """Every process learns whether any failed (one all-gather of a fixed-size message) and raises the first
+  failing process's message; a single process raises its own. No process is left waiting in a collective."""
+  if jax.process_count() == 1:
+    if error:
+      raise RewardFailure(error)
+    return
+  raw = np.zeros(_MESSAGE_BYTES, np.uint8)
+  b = error.encode("utf-8")[:_MESSAGE_BYTES]
+  raw[:len(b)] = np.frombuffer(b, np.uint8)
+  every = gather_rows(raw[None])
+  for p, row in enumerate(every):
+    if row.any():
+      msg = bytes(row[row != 0]).decode("utf-8", errors="replace")
+      raise RewardFailure(msg if p == jax.process_index() else f"(on process {p}) {msg}")
+
+
+class RewardScorer:
+  """Scores completions with the configured rewards, host side: padding rows never reach a reward (they score
+  0); a reward that raises or runs longer than `timeout_s` stops every process with RewardFailure naming the
+  reward, the example id and the completion's first characters."""
+
+  def __init__(self, weights: dict[str, float], options: dict, timeout_s: float | None):
+    self.weights, self.options, self.timeout_s = weights, options, timeout_s
+
+  def __call__(self, texts: list[str], examples: list[dict], weights: dict[str, float] | None = None
+               ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    from tinyrs_jax import rewards as rewards_lib
+    weights = self.weights if weights is None else weights
+    n = len(texts)
+    real = [i for i, ex in enumerate(examples) if not ex.get("is_padding")]
+    total = np.zeros(n, np.float32)
+    comps = {k: np.zeros(n, np.float32) for k, w in weights.items() if w != 0}
+    error = ""
+    if real:
+      try:
+        t, c = rewards_lib.compute_rewards([texts[i] for i in real], [examples[i] for i in real], weights,
+                                           self.options, timeout_s=self.timeout_s)
+        total[real] = t
+        for k, v in c.items():
+          comps[k][real] = v
+      except rewards_lib.RewardError as e:
+        error = str(e)
+    agree_on_failure(error)
+    return total, comps
 
 
 # ------------------------------------------------------------------------------------------ the demo policy
@@ -158,11 +221,18 @@ def split_microbatches(batch: dict[str, np.ndarray], k: int) -> dict[str, np.nda
   return {key: np.stack(np.split(v, k, axis=0)) for key, v in batch.items()}
 
 
-def take_groups(chosen: list[tuple[dict, int]], group: int, pad_id: int) -> dict:
+def global_max(*values: int) -> tuple[int, ...]:
+  """The largest of each value over all processes (an all-gather; the values themselves with one process)."""
+  return tuple(int(v) for v in gather_rows(np.asarray([values], np.int64)).max(axis=0))
+
+
+def take_groups(chosen: list[tuple[dict, int]], group: int, pad_id: int, width: int | None = None,
+                patches: int | None = None) -> dict:
   """The rollout rows of the chosen prompts (each a (rollout batch, prompt index) pair), in order, padded to
-  common shapes: prompts left-padded to the widest, image slots to the most patches."""
-  width = max(r["prompt_ids"].shape[1] for r, _ in chosen)
-  patches = max(r["pixel_values"].shape[1] for r, _ in chosen)
+  common shapes: prompts left-padded to `width` tokens, image slots to `patches` patches (default: the widest
+  here; dynamic sampling passes the global maxima, so every process compiles the same program)."""
+  width = width or max(r["prompt_ids"].shape[1] for r, _ in chosen)
+  patches = patches or max(r["pixel_values"].shape[1] for r, _ in chosen)
   out: dict = {}
   for r, i in chosen:
     slots = r["pixel_values"].shape[0] // r["prompt_ids"].shape[0]  # image slots per prompt (pipeline layout)
@@ -218,19 +288,81 @@ def grpo_progress_line(step: int, total: int, m: dict, eta_s: float | None = Non
 
 # ---------------------------------------------------------------------------------------------- reference
 
+REFERENCE_FILE = "grpo_reference.json"
+
+
+def pin_init(config, source: runner.ModelSource, workdir: str) -> dict:
+  """A fresh run: resolves the checkpoint it starts from ("latest" becomes a step number), makes the policy load
+  exactly that one (config.init.step) and records it in workdir/grpo_reference.json, so the reference policy
+  of a resumed run is the same. Returns the record."""
+  from tinyrs_jax.checkpoint import orbax_io, sidecar
+  rec = {"init": source.init, "init_path": source.init_path, "step": None}
+  if source.init == "workdir":
+    found = sidecar.find_checkpoint(source.init_path)
+    init_dir, step = found if found else (source.init_path, None)
+    if step is None:
+      want = int(config.init.get("step", -1))
+      step = want if want >= 0 else orbax_io.latest_step(init_dir)
+    if step is None:
+      raise FileNotFoundError(f"init.workdir {source.init_path} holds no checkpoint")
+    rec.update(init_path=init_dir, step=int(step))
+    config.init.step = int(step)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, REFERENCE_FILE), "w") as f:
+      json.dump(rec, f)
+  return rec
+
+
 def load_reference(config, source: runner.ModelSource, workdir: str, model: state_lib.Model, shardings,
                    compute_dtype) -> dict:
-  """The frozen reference: the run's initial parameters (also when resuming), held once in the compute dtype,
-  sharded like the policy."""
+  """The frozen reference: the run's initial parameters, held once in the compute dtype, sharded like the
+  policy. A resumed run reloads exactly the checkpoint recorded by pin_init and refuses when it is gone."""
   from tinyrs_jax.checkpoint import sidecar
   if source.init == "resume":
-    marker = sidecar.read_marker(workdir)
-    init, path = marker.get("init", "random"), marker.get("init_path")
-    source = runner.ModelSource(source.cfg, source.tokenizer_dir, init, path)
+    path = os.path.join(workdir, REFERENCE_FILE)
+    if os.path.exists(path):
+      with open(path) as f:
+        rec = json.load(f)
+    else:  # a workdir from before the record existed
+      marker = sidecar.read_marker(workdir)
+      rec = {"init": marker.get("init", "random"), "init_path": marker.get("init_path"), "step": None}
+      logging.warning("%s has no %s: the reference is reloaded from %s at its latest step", workdir,
+                      REFERENCE_FILE, rec["init_path"])
+    init, init_path = rec["init"], rec["init_path"]
+    if init == "workdir" and rec.get("step") is not None:
+      init_path = os.path.join(init_path, sidecar.CHECKPOINTS_DIR, str(int(rec["step"])))
+      if not os.path.isdir(init_path):
+        raise FileNotFoundError(
+            f"the reference policy of this GRPO run, {rec['init_path']} at step {rec['step']} (recorded in "
+            f"{path}), is gone: {init_path} does not exist. The KL term is to the policy the run started from; "
+            "restore that checkpoint, or start a new run in a fresh workdir.")
+    if init == "hf" and not os.path.isdir(str(init_path)):
+      raise FileNotFoundError(f"the reference policy of this GRPO run, the Hugging Face folder {init_path} "
+                              f"(recorded in {path}), is gone")
+    source = runner.ModelSource(source.cfg, source.tokenizer_dir, init, init_path)
   params = runner.load_frozen_params(config, source, model, shardings.params, compute_dtype)
   logging.info("reference model: %s (%s), held in %s", source.init_path or "random init", source.init,
                jnp.dtype(compute_dtype).name)
   return params
+
+
+def check_verifiable(records: list, allow: bool) -> int:
+  """Counts the training prompts without a verifiable answer (scoring.is_verifiable: a reference answer, or a
+  box for grounding; the accuracy reward scores them 0). Refuses with the first one's file and line unless
+  `allow` (grpo.allow_unverifiable), in which case they are logged. Returns the count."""
+  from tinyrs_jax.rewards import scoring
+  bad = [r for r in records if not scoring.is_verifiable(
+      {"task": r.task, "answer": r.answer, "boxes": list(r.boxes)})]
+  if not bad:
+    return 0
+  first = ", ".join(f"{r.source or '?'}:{r.line if r.line is not None else '?'} (id {r.id!r}, task {r.task})"
+                    for r in bad[:3])
+  msg = (f"{len(bad)} of {len(records)} training prompts have no verifiable answer (no reference answer, or no "
+         f"box for grounding); the accuracy reward scores them 0. First: {first}")
+  if not allow:
+    raise ValueError(msg + ". Remove them, or set --config.grpo.allow_unverifiable=True to train on them.")
+  logging.warning("%s (grpo.allow_unverifiable=True: trained on)", msg)
+  return len(bad)
 
 
 # ------------------------------------------------------------------------------------------- one GRPO step
@@ -245,10 +377,12 @@ class GRPOStep:
   exactly what a run executes):
 
       r = step.sample(params, host_prompt_batch, step_index)   # rollout, decode, rewards (this process's rows)
+      r, stats = step.sample_dynamic(params, r, step_index, next_prompts)  # grpo.dynamic_sampling only
       batch, stats = step.build_batch(r)                        # all-gathered rewards -> advantages, masks
       state, device_metrics, timing = step.update(state, batch) # reference / old log-probs, mu updates
 
-  `update(..., sync=True)` waits for each phase, for a per-phase timing (the trainer does not wait).
+  `update(..., sync=True)` waits for each phase, for a per-phase timing. Rewards are scored by a RewardScorer
+  (`self.scorer`); the rollout's key is fold_in(fold_in(key(seed), step), attempt) (`rollout_key`).
   """
 
   def __init__(self, config, model: state_lib.Model, opt, mesh, shardings, *, tokenizer_dir: str, eos_ids,
@@ -263,7 +397,8 @@ class GRPOStep:
     self.grad_accum = int(config.get("grad_accum_steps", 1))
     self.seed = int(config.seed)
     self.pad_id = model.cfg.pad_token_id if model.cfg.pad_token_id is not None else 0
-    self.completions = Completions(tokenizer_dir, eos_ids, self.max_new)
+    self._completions, self._completions_args = None, (tokenizer_dir, eos_ids)
+    self.scorer = RewardScorer(weights, reward_options, float(g.get("reward_timeout_s", 600)))
     # completion widths the update compiles for: quarters of max_new_tokens (at most 4 shapes per prompt width)
     quarter = max(-(-self.max_new // 4), 1)
     self.completion_buckets = tuple(sorted({min(quarter * k, self.max_new) for k in range(1, 5)}))
@@ -286,6 +421,14 @@ class GRPOStep:
                                             name="ref_logps", log=log)
 
   @property
+  def completions(self) -> Completions:
+    """The decoder (its tokenizer loaded on first use)."""
+    if self._completions is None:
+      tokenizer_dir, eos_ids = self._completions_args
+      self._completions = Completions(tokenizer_dir, eos_ids, self.max_new)
+    return self._completions
+
+  @property
   def num_compiles(self) -> int:
     return (self.step_fn.num_compiles + self.score_policy.num_compiles + self.score_ref.num_compiles
             + gen_lib.compile_count())
@@ -298,7 +441,7 @@ class GRPOStep:
                                     patch_dim=self.model.cfg.vision.patch_dim,
                                     length_buckets=(host_batch["input_ids"].shape[1],))
 
-  def rollout(self, params, static: dict, *, seed: int, greedy: bool) -> gen_lib.Generation:
+  def rollout(self, params, static: dict, *, seed, greedy: bool) -> gen_lib.Generation:
     return gen_lib.generate(self.model.merge(params), static, max_new_tokens=self.max_new,
                             temperature=0.0 if greedy else self.temperature, top_k=self.top_k, top_p=self.top_p,
                             seed=seed, eos_token_ids=sorted(self.completions.eos),
@@ -311,14 +454,12 @@ class GRPOStep:
 
   def sample(self, params, host_batch: dict, step: int, attempt: int = 0) -> dict:
     """One rollout batch of this process's prompts: completions, rewards and what the update needs (host).
-    The sampling seed follows (config.seed, step, attempt), so a resumed run draws the same completions."""
+    The sampling key follows (config.seed, step, attempt), so a resumed run draws the same completions."""
     static = self.prompts_static(host_batch)
-    seed = (self.seed * 1_000_003 + step * 101 + attempt) % (2 ** 31)
-    gen = self.rollout(params, static, seed=seed, greedy=False)
+    gen = self.rollout(params, static, seed=rollout_key(self.seed, step, attempt), greedy=False)
     texts, lengths, truncated = self.completions.decode(gen)
     examples = self.examples_for(host_batch["meta"], lengths, truncated, self.group)
-    from tinyrs_jax import rewards as rewards_lib
-    total, comps = rewards_lib.compute_rewards(texts, examples, self.weights, self.reward_options)
+    total, comps = self.scorer(texts, examples)
     return {"prompt_ids": static["input_ids"], "prompt_mask": static["attention_mask"],
             "pixel_values": static["pixel_values"], "image_grid_thw": static["image_grid_thw"],
             "completion_ids": gen.tokens.astype(np.int32), "sampler_logps": gen.logprobs.astype(np.float32),
@@ -327,27 +468,40 @@ class GRPOStep:
 
   def sample_dynamic(self, params, first: dict, step: int, next_prompts) -> tuple[dict, dict]:
     """DAPO's dynamic sampling: keep the groups whose `dynamic_sampling_reward` varies (the others have zero
-    advantage and only dilute the batch), drawing more prompts (next_prompts()) until every process holds its
-    share of the batch in such groups or `dynamic_sampling_max_batches` rollouts were made; then the batch is
-    topped up with filtered groups (counted). Each process keeps its own groups: no images move between hosts."""
-    local_prompts = first["prompt_ids"].shape[0]
-    kept, dropped, draws = [], [], 1
-    part = first
+    advantage and only dilute the batch), drawing more rollout batches (next_prompts()) until every slot of
+    the global batch holds such a group or `dynamic_sampling_max_batches` rollouts were made; a slot still
+    empty then keeps its first draw's (filtered) group (counted as topped up).
+
+    Slot by slot: slot i takes the first varying group among the draws' prompt i. A draw's prompt i lives on
+    the process owning row i of the global batch, so every process fills its own slots (no images move) and
+    the batch is the same for any number of processes; the prompt width and patch count are the global
+    maxima (one all-gather), so every process compiles the same programs."""
+    local = first["prompt_ids"].shape[0]
+    chosen: list = [None] * local
+    fallback = [(first, i) for i in range(local)]
+    filtered, draws, part = 0, 1, first
     while True:
       varies = part[f"c/{self.filter_reward}"].reshape(-1, self.group).std(axis=1) > 0
-      kept += [(part, i) for i in np.flatnonzero(varies)]
-      dropped += [(part, i) for i in np.flatnonzero(~varies)]
-      enough = gather_rows(np.asarray([len(kept) >= local_prompts])).all()
-      if enough or draws >= self.max_draws:
+      for i in range(local):
+        if chosen[i] is None:
+          if varies[i]:
+            chosen[i] = (part, i)
+          else:
+            filtered += 1
+      done = gather_rows(np.asarray([all(c is not None for c in chosen)])).all()
+      if done or draws >= self.max_draws:
         break
       part = self.sample(params, next_prompts(), step, attempt=draws)
       draws += 1
-    chosen = (kept + dropped)[:local_prompts]
+    topped = sum(c is None for c in chosen)
+    chosen = [c if c is not None else fb for c, fb in zip(chosen, fallback)]
+    width, patches = global_max(max(r["prompt_ids"].shape[1] for r, _ in chosen),
+                                max(r["pixel_values"].shape[1] for r, _ in chosen))
+    counts = gather_rows(np.asarray([[filtered, topped]])).sum(axis=0)
     stats = {"dynamic_sampling/rollout_batches": float(draws),
-             "dynamic_sampling/filtered_groups": float(gather_rows(np.asarray([len(dropped)])).sum()),
-             "dynamic_sampling/topped_up_groups": float(gather_rows(
-                 np.asarray([max(local_prompts - len(kept), 0)])).sum())}
-    return take_groups(chosen, self.group, self.pad_id), stats
+             "dynamic_sampling/filtered_groups": float(counts[0]),
+             "dynamic_sampling/topped_up_groups": float(counts[1])}
+    return take_groups(chosen, self.group, self.pad_id, width, patches), stats
 
   # ---------------------------------------------------------------------------------------------- update
 
@@ -387,23 +541,168 @@ class GRPOStep:
     if self.mu > 1:  # the policy that sampled, before the first update moves it
       gb["old_logps"] = wait(self.score_policy(state.params, scoring))
     t1 = time.time()
-    first = None
-    for _ in range(self.mu):
-      state, metrics = self.step_fn(state, gb)
-      first = first if first is not None else metrics
-    metrics = {**metrics, "sampling/logprob_abs_diff": first["sampling/logprob_abs_diff"]}
+    state, metrics = self.run_updates(state, gb)
     if sync:
       metrics = wait(metrics)
     timing = {"scoring_time_s": t1 - t0, "update_time_s": time.time() - t1} if sync else \
         {"update_dispatch_time_s": time.time() - t0}
     return state, metrics, timing
 
+  def run_updates(self, state, gb: dict):
+    """mu optimizer steps on one placed batch. The metrics are the mean over the mu updates (TRL logs every
+    iteration and averages them over the logging window); "skipped" is then the fraction of updates skipped,
+    and sampling/logprob_abs_diff is the first update's (the sampler against the policy that sampled)."""
+    total, first = None, None
+    for _ in range(self.mu):
+      state, metrics = self.step_fn(state, gb)
+      first = first if first is not None else metrics
+      total = metrics if total is None else jax.tree.map(jnp.add, total, metrics)
+    metrics = {k: v / self.mu for k, v in total.items()} if self.mu > 1 else total
+    return state, {**metrics, "sampling/logprob_abs_diff": first["sampling/logprob_abs_diff"]}
+
+
+def rollout_key(seed: int, step: int, attempt: int = 0) -> jax.Array:
+  """The rollout's random key: fold_in of (seed, step, attempt), distinct for every triple."""
+  return jax.random.fold_in(jax.random.fold_in(jax.random.key(int(seed)), int(step)), int(attempt))
+
 
 # ------------------------------------------------------------------------------------------------ trainer
 
+class TrainStep:
+  """`train_step(state, step)` for loop.run_loop: one GRPO step (rollout, dynamic sampling, batch, mu updates).
+
+  `step` is the GRPO step (the loop's counter, saved with each checkpoint as the data state's "grpo_step" and
+  as the checkpoint's number); state.step counts optimizer updates (it drives the learning-rate schedule) and
+  does not advance on a skipped update (a batch with no completion token of weight > 0, e.g. every completion
+  truncated under mask_truncated_completions with bnpo/dapo). A skipped update is logged (warning, metric
+  "skipped" = the fraction of the mu updates skipped) and the GRPO step still counts."""
+
+  def __init__(self, grpo_step: GRPOStep, prompt_it, writer: metrics_lib.MetricsWriter, workdir: str, config):
+    self.s, self.prompt_it, self.writer, self.workdir = grpo_step, prompt_it, writer, workdir
+    self.log_samples_every = int(config.grpo.get("log_samples_every", 0))
+    self.num_samples_logged = int(config.grpo.get("num_samples_logged", 8))
+    self.done = 0  # GRPO steps finished (what the next checkpoint records)
+
+  def data_state(self) -> dict:
+    return {"prompts": self.prompt_it.get_state(), "grpo_step": self.done}
+
+  def set_state(self, data_state: dict) -> None:
+    """What setup_state restores; a checkpoint from before "grpo_step" existed holds the iterator's state."""
+    if "grpo_step" in data_state:
+      self.done = int(data_state["grpo_step"])
+      self.prompt_it.set_state(data_state["prompts"])
+    else:
+      self.done = -1  # unknown: derived from state.step by the trainer
+      self.prompt_it.set_state(data_state)
+
+  def __call__(self, state, step: int):
+    s = self.s
+    t0 = time.time()
+    r = s.sample(state.params, next(self.prompt_it), step)
+    extra = {}
+    if s.dynamic:
+      r, extra = s.sample_dynamic(state.params, r, step, lambda: next(self.prompt_it))
+    t_rollout = time.time() - t0
+    batch, stats = s.build_batch(r)
+    # The next rollout needs these parameters anyway: waiting here costs nothing and keeps the times honest
+    # (otherwise the next step's rollout time would include this update).
+    state, dev_metrics, timing = s.update(state, batch, sync=True)
+    skipped = float(jax.device_get(dev_metrics["skipped"]))
+    if skipped > 0:
+      logging.warning("GRPO step %d: %d of %d updates skipped (no completion token carries weight: e.g. every "
+                      "completion truncated with grpo.mask_truncated_completions); the step still counts",
+                      step + 1, round(skipped * s.mu), s.mu)
+    self.done = step + 1
+    host = {**stats, **extra, **timing, "rollout_time_s": t_rollout, "step_time_s": time.time() - t0,
+            "rollout_tokens_per_s": stats["completions/total_tokens"] / max(t_rollout, 1e-9),
+            "optimizer_step": float(jax.device_get(state.step))}
+    if self.log_samples_every > 0 and step % self.log_samples_every == 0:
+      write_samples(self.writer, self.workdir, step + 1, r["texts"], r["examples"], r["total"],
+                    {k[2:]: v for k, v in r.items() if k.startswith("c/")}, batch_advantages(batch),
+                    self.num_samples_logged)
+    return state, dev_metrics, host
+
+
+class HeldOutEval:
+  """`evaluate(state, step)` for loop.run_loop: greedy completions for the validation prompts, scored by the
+  training rewards (eval/reward, eval/rewards/<name>; format and accuracy always, also at training weight 0),
+  per task (eval/accuracy/<task>) and by the evaluation suite's two rule sets (eval/strict/*, eval/tinyrs/*).
+  Padding rows are never scored."""
+
+  def __init__(self, grpo_step: GRPOStep, eval_prompts, config):
+    self.s, self.eval_prompts = grpo_step, eval_prompts
+    self.weights = grpo_step.weights
+    self.eval_weights = eval_reward_weights(self.weights)
+    self.score_kw = dict(answer_tag=config.grpo.answer_tag, think_tags=(config.grpo.think_tag,))
+
+  def score_batch(self, texts: list[str], examples: list[dict]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(the training mixture's total, every eval reward's values) of one batch; padding rows get 0."""
+    _, comps = self.s.scorer(texts, examples, self.eval_weights)
+    total = sum(self.weights[k] * comps[k] for k in self.weights if self.weights[k] != 0)
+    return np.asarray(total, np.float32), comps
+
+  def __call__(self, state, step: int) -> dict:
+    from tinyrs_jax.data.records import TASKS
+    from tinyrs_jax.evaluation import evaluator as eval_lib
+    from tinyrs_jax.evaluation import metrics as eval_metrics
+    from tinyrs_jax.evaluation import rules as eval_rules
+    s, eval_weights = self.s, self.eval_weights
+    rows = {"is_padding": [], "task": [], "lengths": [], "truncated": [], "total": [],
+            **{f"c/{k}": [] for k in eval_weights}}
+    scored = []  # the evaluation suite's rows (both rule sets), this process's
+    for host_batch in self.eval_prompts:
+      gen = s.rollout(state.params, s.prompts_static(host_batch), seed=0, greedy=True)
+      texts, lengths, truncated = s.completions.decode(gen)
+      examples = s.examples_for(host_batch["meta"], lengths, truncated, 1)
+      scored += [{"task": ex.get("task"), **eval_rules.score(t, ex, **self.score_kw)}
+                 for t, ex in zip(texts, examples) if not ex.get("is_padding")]
+      total, comps = self.score_batch(texts, examples)
+      task_ids = [list(TASKS).index(m["task"]) if m.get("task") in TASKS else -1 for m in host_batch["meta"]]
+      for key, v in (("is_padding", [bool(m.get("is_padding")) for m in host_batch["meta"]]), ("task", task_ids),
+                     ("lengths", lengths), ("truncated", truncated), ("total", total),
+                     *((f"c/{k}", comps[k]) for k in eval_weights)):
+        rows[key].append(gather_rows(np.asarray(v)))
+    cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in rows.items()}
+    keep = ~cat["is_padding"].astype(bool)
+    r = {"eval/reward": float(cat["total"][keep].mean()) if keep.any() else 0.0, "eval/num_prompts": int(keep.sum())}
+    for k in eval_weights:
+      r[f"eval/rewards/{k}"] = float(cat[f"c/{k}"][keep].mean()) if keep.any() else 0.0
+    tasks = np.asarray(cat["task"], np.int64)
+    for t in sorted(set(tasks[keep].tolist())):
+      sel = keep & (tasks == t)
+      name = list(TASKS)[t] if t >= 0 else "unknown"
+      r[f"eval/accuracy/{name}"] = float(cat["c/accuracy"][sel].mean())
+    if keep.any():
+      r.update(completion_stats(cat["lengths"][keep].astype(np.int32), cat["truncated"][keep].astype(bool),
+                                prefix="eval/completions/"))
+    r.update(eval_lib.flat_metrics(eval_metrics.aggregate(eval_lib.gather_scored_rows(scored),
+                                                          caption_metrics=False)))
+    logging.info("eval step %d over %d prompts: reward %.3f | %s | per task: %s", step, r["eval/num_prompts"],
+                 r["eval/reward"], " ".join(f"{k} {r[f'eval/rewards/{k}']:.3f}" for k in eval_weights),
+                 " ".join(f"{k[14:]} {v:.3f}" for k, v in r.items() if k.startswith("eval/accuracy/")))
+    return r
+
+
+def check_config(config, mesh) -> None:
+  """The GRPO settings that must hold before anything is loaded."""
+  g = config.grpo
+  if int(g.num_generations) < 2:
+    raise ValueError(f"grpo.num_generations must be >= 2 (advantages are relative to the group), got "
+                     f"{int(g.num_generations)}")
+  if float(g.temperature) <= 0:
+    raise ValueError("grpo.temperature must be > 0 (GRPO samples; evaluation is greedy)")
+  grad_accum = int(config.get("grad_accum_steps", 1))
+  if config.batch_size % grad_accum:
+    raise ValueError(f"batch_size {config.batch_size} (prompts) not divisible by grad_accum_steps {grad_accum}")
+  data_axes = mesh.shape["data"] * mesh.shape["fsdp"]
+  pc = jax.process_count()
+  placement.check_batch_split(config.batch_size, data_axes, pc, "batch_size (prompts per step)")
+  placement.check_batch_split(config.batch_size // grad_accum, data_axes, pc,
+                              "prompts per microbatch (batch_size / grad_accum_steps)")
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Runs (or resumes) the GRPO stage described by `config` in `workdir`; returns a small summary."""
-  from tinyrs_jax import rewards as rewards_lib
   t_start = time.time()
   os.makedirs(workdir, exist_ok=True)
   g = config.grpo
@@ -421,132 +720,65 @@ def train_and_evaluate(config, workdir: str) -> dict:
   model = runner.make_model(config, source)
   if not source.tokenizer_dir:
     raise ValueError("GRPO decodes completions: it needs a tokenizer (data.tokenizer_dir or the init checkpoint's)")
-
-  group = int(g.num_generations)
-  if group < 2:
-    raise ValueError(f"grpo.num_generations must be >= 2 (advantages are relative to the group), got {group}")
-  max_new = int(g.max_new_tokens)
-  mu = int(g.num_iterations)
-  beta = float(g.beta)
-  temperature = float(g.temperature)
-  if temperature <= 0:
-    raise ValueError("grpo.temperature must be > 0 (GRPO samples; evaluation is greedy)")
-  grad_accum = int(config.get("grad_accum_steps", 1))
-  if config.batch_size % grad_accum:
-    raise ValueError(f"batch_size {config.batch_size} (prompts) not divisible by grad_accum_steps {grad_accum}")
-  data_axes = mesh.shape["data"] * mesh.shape["fsdp"]
-  placement.check_batch_split(config.batch_size, data_axes, pc, "batch_size (prompts per step)")
-  placement.check_batch_split(config.batch_size // grad_accum, data_axes, pc,
-                              "prompts per microbatch (batch_size / grad_accum_steps)")
+  check_config(config, mesh)
+  mu, beta = int(g.num_iterations), float(g.beta)
   eval_bs = int(config.eval.get("batch_size", 0) or config.batch_size)
   has_eval = bool(data.val_path) and int(config.eval.get("num_prompts", -1)) != 0
   if has_eval:
-    placement.check_batch_split(eval_bs, data_axes, pc, "eval batch size")
+    placement.check_batch_split(eval_bs, mesh.shape["data"] * mesh.shape["fsdp"], pc, "eval batch size")
 
+  records = input_lib.read_prompt_records(config, data)
+  check_verifiable(records, bool(g.get("allow_unverifiable", False)))
+  if source.init != "resume":
+    pin_init(config, source, workdir)
   runner.write_marker(config, workdir, source)
   prompt_it = input_lib.make_prompt_iterator(config, data, batch_size=config.batch_size,
-                                             tokenizer_dir=source.tokenizer_dir, process_index=pi, process_count=pc)
+                                             tokenizer_dir=source.tokenizer_dir, process_index=pi, process_count=pc,
+                                             records=records)
   total_steps = input_lib.total_steps(config, data, config.batch_size, prompt_it)
-  # mu optimizer steps per GRPO step
-  opt, shardings, ckpt, state = runner.setup_state(config, workdir, source, model, prompt_it, total_steps * mu, mesh)
-  start = int(jax.device_get(state.step)) // mu  # mu optimizer steps per GRPO step
+  writer = metrics_lib.MetricsWriter(workdir)
+  train_step = TrainStep(None, prompt_it, writer, workdir, config)
+  # mu optimizer steps per GRPO step (the schedule's length; skipped updates leave it short)
+  opt, shardings, ckpt, state = runner.setup_state(config, workdir, source, model, train_step, total_steps * mu,
+                                                   mesh)
+  ckpt.numbered_by_loop = True  # checkpoints are numbered by GRPO step, not by optimizer update
+  if train_step.done < 0:  # a checkpoint written before the GRPO step was saved: numbered by optimizer step
+    train_step.done = int(jax.device_get(state.step)) // mu
+  start = train_step.done
   if start >= total_steps:
+    writer.close()
     return runner.finished_before(workdir, start, total_steps, ckpt, prompt_it, t_start)
 
   from tinyrs_jax.models.qwen2_vl import as_dtype
   compute_dtype = jnp.dtype(as_dtype(model.kwargs["dtype"]))
   ref_params = load_reference(config, source, workdir, model, shardings, compute_dtype) if beta != 0 else None
-
-  writer = metrics_lib.MetricsWriter(workdir)
   if start > 0:
     writer.truncate_after(start)
   grpo_step = GRPOStep(config, model, opt, mesh, shardings, tokenizer_dir=source.tokenizer_dir,
                        eos_ids=_eos_ids(source), weights=weights, reward_options=reward_options,
                        ref_params=ref_params)
+  train_step.s = grpo_step
   monitor = grpo_monitor.Monitor(config)
-  log_samples_every = int(g.get("log_samples_every", 0))
-  eval_weights = _eval_rewards(weights)
-  rollout, prompts_static, examples_for = grpo_step.rollout, grpo_step.prompts_static, grpo_step.examples_for
-  completions = grpo_step.completions
-
-  def train_step(state, step):
-    t0 = time.time()
-    r = grpo_step.sample(state.params, next(prompt_it), step)
-    extra = {}
-    if grpo_step.dynamic:
-      r, extra = grpo_step.sample_dynamic(state.params, r, step, lambda: next(prompt_it))
-    t_rollout = time.time() - t0
-    batch, stats = grpo_step.build_batch(r)
-    # The next rollout needs these parameters anyway: waiting here costs nothing and keeps the times honest
-    # (otherwise the next step's rollout time would include this update).
-    state, dev_metrics, timing = grpo_step.update(state, batch, sync=True)
-    host = {**stats, **extra, **timing, "rollout_time_s": t_rollout, "step_time_s": time.time() - t0,
-            "rollout_tokens_per_s": stats["completions/total_tokens"] / max(t_rollout, 1e-9)}
-    if log_samples_every > 0 and step % log_samples_every == 0:
-      write_samples(writer, workdir, step + 1, r["texts"], r["examples"], r["total"],
-                    {k[2:]: v for k, v in r.items() if k.startswith("c/")}, batch_advantages(batch),
-                    int(g.get("num_samples_logged", 8)))
-    return state, dev_metrics, host
-
-  eval_prompts = (input_lib.EvalPrompts(config, data, batch_size=eval_bs,
-                                        num_prompts=int(config.eval.get("num_prompts", -1)),
-                                        tokenizer_dir=source.tokenizer_dir, process_index=pi, process_count=pc)
-                  if has_eval else None)
-
-  from tinyrs_jax.evaluation import evaluator as eval_lib
-  from tinyrs_jax.evaluation import metrics as eval_metrics
-  from tinyrs_jax.evaluation import rules as eval_rules
-  score_kw = dict(answer_tag=g.answer_tag, think_tags=(g.think_tag,))
-
-  def run_eval(state, step):
-    rows = {"is_padding": [], "task": [], "lengths": [], "truncated": [], "total": [],
-            **{f"c/{k}": [] for k in eval_weights}}
-    scored = []  # the evaluation suite's rows (both rule sets), this process's
-    for host_batch in eval_prompts:
-      static = prompts_static(host_batch)
-      gen = rollout(state.params, static, seed=0, greedy=True)
-      texts, lengths, truncated = completions.decode(gen)
-      examples = examples_for(host_batch["meta"], lengths, truncated, 1)
-      scored += [{"task": ex.get("task"), **eval_rules.score(t, ex, **score_kw)}
-                 for t, ex in zip(texts, examples) if not ex.get("is_padding")]
-      total, comps = rewards_lib.compute_rewards(texts, examples, eval_weights, reward_options)
-      total = sum(weights[k] * comps[k] for k in weights)  # the training mixture, not the eval extras
-      from tinyrs_jax.data.records import TASKS
-      task_ids = [list(TASKS).index(m["task"]) if m.get("task") in TASKS else -1 for m in host_batch["meta"]]
-      for key, v in (("is_padding", [bool(m.get("is_padding")) for m in host_batch["meta"]]), ("task", task_ids),
-                     ("lengths", lengths), ("truncated", truncated), ("total", total),
-                     *((f"c/{k}", comps[k]) for k in eval_weights)):
-        rows[key].append(gather_rows(np.asarray(v)))
-    cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in rows.items()}
-    keep = ~cat["is_padding"].astype(bool)
-    r = {"eval/reward": float(cat["total"][keep].mean()) if keep.any() else 0.0, "eval/num_prompts": int(keep.sum())}
-    for k in eval_weights:
-      r[f"eval/rewards/{k}"] = float(cat[f"c/{k}"][keep].mean()) if keep.any() else 0.0
-    from tinyrs_jax.data.records import TASKS
-    tasks = np.asarray(cat["task"], np.int64)
-    for t in sorted(set(tasks[keep].tolist())):
-      sel = keep & (tasks == t)
-      name = list(TASKS)[t] if t >= 0 else "unknown"
-      r[f"eval/accuracy/{name}"] = float(cat["c/accuracy"][sel].mean())
-    if keep.any():
-      r.update(completion_stats(cat["lengths"][keep].astype(np.int32), cat["truncated"][keep].astype(bool),
-                                prefix="eval/completions/"))
-    r.update(eval_lib.flat_metrics(eval_metrics.aggregate(eval_lib.gather_scored_rows(scored),
-                                                          caption_metrics=False)))
-    logging.info("eval step %d over %d prompts: reward %.3f | %s | per task: %s", step, r["eval/num_prompts"],
-                 r["eval/reward"], " ".join(f"{k} {r[f'eval/rewards/{k}']:.3f}" for k in eval_weights),
-                 " ".join(f"{k[14:]} {v:.3f}" for k, v in r.items() if k.startswith("eval/accuracy/")))
-    return r
+  evaluate = None
+  if has_eval:
+    evaluate = HeldOutEval(grpo_step, input_lib.EvalPrompts(
+        config, data, batch_size=eval_bs, num_prompts=int(config.eval.get("num_prompts", -1)),
+        tokenizer_dir=source.tokenizer_dir, process_index=pi, process_count=pc), config)
 
   logging.info("GRPO from step %d to %d: %d prompts x %d generations per step (%d microbatches of %d prompts), "
                "%d new tokens max, mu %d, beta %g, loss %s, rewards %s, %d processes", start, total_steps,
-               config.batch_size, group, grad_accum, config.batch_size // grad_accum, max_new, mu, beta,
-               g.loss_type, weights, pc)
-  result = loop.run_loop(config, workdir, state=state, start=start, total_steps=total_steps, ckpt=ckpt,
-                         writer=writer, train_step=train_step, data_state=prompt_it.get_state,
-                         evaluate=run_eval if eval_prompts is not None else None,
-                         num_compiles=lambda: grpo_step.num_compiles,
-                         progress_line=grpo_progress_line, on_metrics=monitor.update)
+               config.batch_size, grpo_step.group, grpo_step.grad_accum, config.batch_size // grpo_step.grad_accum,
+               grpo_step.max_new, mu, beta, g.loss_type, weights, pc)
+  try:
+    result = loop.run_loop(config, workdir, state=state, start=start, total_steps=total_steps, ckpt=ckpt,
+                           writer=writer, train_step=train_step, data_state=train_step.data_state,
+                           evaluate=evaluate, num_compiles=lambda: grpo_step.num_compiles,
+                           progress_line=grpo_progress_line, on_metrics=monitor.update)
+  except RewardFailure as e:
+    ckpt.wait()  # the last checkpoint (an asynchronous save may be in flight) is complete on disk
+    writer.flush()
+    logging.error("stopping: %s; the last checkpoint is step %s of %s", e, ckpt.last_saved, ckpt.directory)
+    raise
   loop.close_run(config, workdir, result, prompt_it, writer, model, source.tokenizer_dir)
   summary = {"step": result.step, "preempted": result.preempted, "compiles": grpo_step.num_compiles,
              "first_eval": result.first_eval, "final_eval": result.last_eval, "warnings": monitor.warned,

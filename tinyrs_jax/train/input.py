@@ -189,14 +189,22 @@ class EvalData:
 PROMPT_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")
 
 
+def read_prompt_records(config, spec: DataSpec) -> list:
+  """The training prompts' records (read once; pass them to make_prompt_iterator)."""
+  from tinyrs_jax.data import pipeline
+  from tinyrs_jax.data.records import SkipCounter
+  return pipeline.load_source(reader_spec(config, spec.train_path, prompts=True), SkipCounter(name="train"))
+
+
 def make_prompt_iterator(config, spec: DataSpec, *, batch_size: int, tokenizer_dir: str | None = None,
-                         process_index: int = 0, process_count: int = 1):
+                         process_index: int = 0, process_count: int = 1, records: list | None = None):
   """This process's share of global batches of `batch_size` left-padded prompts with their metadata (the
-  pipeline's "prompt" mode), endless and shuffled by the seed; bad records are refilled (counted)."""
+  pipeline's "prompt" mode), endless and shuffled by the seed; bad records are refilled (counted). `records`:
+  already read ones (read_prompt_records), else data.train is read here."""
   if spec.source != "pipeline":
     raise ValueError("GRPO needs prompts with verifiable answers: data.source must be 'pipeline'")
   from tinyrs_jax.data import pipeline
-  return pipeline.make_dataset(reader_spec(config, spec.train_path, prompts=True),
+  return pipeline.make_dataset(records if records is not None else reader_spec(config, spec.train_path, prompts=True),
                                make_processor(config, tokenizer_dir or spec.tokenizer_dir),
                                global_batch_size=batch_size,
                                seed=int(config.seed), mode="prompt", num_epochs=None, shuffle=True,

@@ -107,7 +107,7 @@ def run_loop(config, workdir: str, *, state, start: int, total_steps: int, ckpt:
       finish(pending)  # the previous step's metrics, while this one runs
     pending = (step, dev_metrics, host)
     if ckpt.due(step) and step < total_steps:
-      ckpt.save(state, data_state())
+      ckpt.save(state, data_state(), step=step)
       writer.flush()
     eval_due = evaluate is not None and eval_every > 0 and step % eval_every == 0 and step < total_steps
     if step == sigterm_at:
@@ -130,7 +130,7 @@ def run_loop(config, workdir: str, *, state, start: int, total_steps: int, ckpt:
     finish(pending)
   if evaluate is not None and not preempted and eval_every >= 0 and last_eval_step != step:
     last_eval = run_eval(state, step)
-  ckpt.save(state, data_state(), force=True)
+  ckpt.save(state, data_state(), force=True, step=step)
   ckpt.close()
   preempt.restore_handler()
   writer.flush()

@@ -258,5 +258,6 @@ def grpo_loss(model, batch, rng=None, *, loss_type: str = "grpo", epsilon_low: f
   sums["entropy"] = jnp.sum(entropy * m)
   if "sampler_logps" in batch:
     sums["sampling/logprob_abs_diff"] = jnp.sum(jnp.abs(jax.lax.stop_gradient(logps) - batch["sampler_logps"]) * m)
-  metrics = {**sums, **{k + "__den": tokens for k in sums}}  # token means, whatever the loss's weight
+  # token means, whatever the loss's weight (sequence-level clip ratios bring their own sequence count)
+  metrics = {**{k + "__den": tokens for k in sums if not k.endswith("__den")}, **sums}
   return LossOutput(loss=loss_sum, weight=weight, metrics=metrics)

@@ -91,15 +91,19 @@ class Checkpointer:
                                             save_interval_steps=1, async_save=async_save)
     self.directory = str(self.mngr.directory)
     self.last_saved = self.mngr.latest_step()
+    # False: a checkpoint's number is state.step (SFT: optimizer steps); True: the loop's step passed to save
+    # (GRPO: its own step counter, whether or not an update was skipped)
+    self.numbered_by_loop = False
 
   def due(self, step: int) -> bool:
     return self.every_steps > 0 and step % self.every_steps == 0
 
-  def save(self, state, data_state: dict | None, *, force: bool = False) -> bool:
-    step = int(jax.device_get(state.step))
+  def save(self, state, data_state: dict | None, *, force: bool = False, step: int | None = None) -> bool:
+    """Saves unless this number is already saved; `step` (the loop's) numbers it when numbered_by_loop."""
+    step = int(step) if self.numbered_by_loop and step is not None else int(jax.device_get(state.step))
     if step == self.last_saved:
       return False
-    saved = orbax_io.save_train_state(self.mngr, state, data_state, force=force)
+    saved = orbax_io.save_train_state(self.mngr, state, data_state, force=force, step=step)
     if saved:
       self.last_saved = step
       logging.info("checkpoint step %d -> %s%s", step, self.directory,

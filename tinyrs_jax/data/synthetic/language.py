@@ -28,7 +28,8 @@ OBJECT_LOOKS = {
 }
 THINK_INSTRUCTION = ("First think step by step inside <think> </think>, then give the final answer inside "
                      "<answer> </answer>.")
-NUMBER_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+NUMBER_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")  # "no buildings"
+COUNT_WORDS = ("zero",) + NUMBER_WORDS[1:]  # a count on its own ("I count the buildings: zero.")
 
 
 def _where(scene: Scene, o: SceneObject) -> str:
@@ -153,7 +154,7 @@ def task_example(scene: Scene, task: str, rng: np.random.Generator):
     na, nb = scene.count(a), scene.count(b)
     answer = "yes" if na > nb else "no"
     relation = "more than" if na > nb else "the same as" if na == nb else "fewer than"
-    why = (f"I count the {PLURALS[a]}: {NUMBER_WORDS[na]}. I count the {PLURALS[b]}: {NUMBER_WORDS[nb]}. "
+    why = (f"I count the {PLURALS[a]}: {COUNT_WORDS[na]}. I count the {PLURALS[b]}: {COUNT_WORDS[nb]}. "
            f"{na} is {relation} {nb}, so the answer is {answer}.")
     return (f"Are there more {PLURALS[a]} than {PLURALS[b]} in this image? Answer yes or no.", answer, why,
             _boxes(scene.of_kind(a) + scene.of_kind(b)))

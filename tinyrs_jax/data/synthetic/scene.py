@@ -23,6 +23,9 @@ SCENE_OBJECTS = {
     "harbour": {"ship": (1, 4), "storage tank": (0, 3), "building": (0, 2)},
 }
 IMAGE_SIZES = (112, 140, 168, 196, 224)  # multiples of 28, so demo images map onto whole merge blocks
+# Objects are drawn OBJECT_SCALE times their v1 size (relative to the image side): at the demo's 112² pixel budget
+# (4x4 merged visual tokens of 28 px) a vehicle or storage tank was 1-5 px, below what a token could tell apart.
+OBJECT_SCALE = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -346,12 +349,13 @@ def make_scene(seed: int, index: int, *, sizes: tuple[int, ...] = IMAGE_SIZES) -
   w, h = int(rng.choice(sizes)), int(rng.choice(sizes))
   s = min(w, h) / 224
   background, layout, regions = TEXTURES[scene_class](rng, h, w, s)
+  s_obj = OBJECT_SCALE * s
   taken: list = []
   objects: list[SceneObject] = []
   for kind, (lo, hi) in SCENE_OBJECTS[scene_class].items():
     want = int(rng.integers(lo, hi + 1))
     allowed = (regions or {}).get(kind)
-    objects += _place(rng, kind, want, s, w, h, allowed, taken)
+    objects += _place(rng, kind, want, s_obj, w, h, allowed, taken)
   return Scene(index, scene_class, w, h, background, tuple(objects), layout)
 
 
