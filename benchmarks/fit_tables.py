@@ -90,6 +90,39 @@ def flags_text(flags: dict | None) -> str:
   return "defaults" if not flags else " ".join(f"`--config.{k}={v}`" for k, v in flags.items())
 
 
+def estimate_of(report: dict) -> dict | None:
+  """The step estimate of the configuration that fits (the defaults', or the suggestion's)."""
+  if report["fits"]:
+    return report.get("estimate")
+  return (report.get("suggestion") or {}).get("estimate")
+
+
+def estimate_table(reports: dict, stages, targets) -> list[str]:
+  """Step time, run time and chip-hours per 1,000 steps (evaluation: batches) of each stage on each target, from
+  tools/aot's roofline estimate: lower bounds (estimate.py)."""
+  rows, any_estimate = [], False
+  for target in targets:
+    cells = []
+    for stage in stages:
+      r = reports.get((stage, target))
+      e = estimate_of(r) if r is not None else None
+      if e is None:
+        cells.append("not estimated" if r is not None else "not run")
+        continue
+      any_estimate = True
+      per_k = e["step_s"] * 1000
+      step = (f"{e['step_s']:.3g} s ({e['step_s_at_max']:.3g} s at max new tokens)" if e["completion_tokens"]
+              else f"{e['step_s']:.3g} s")
+      cells.append(f"{step}; {per_k / 3600:.3g} h, {per_k * e['num_chips'] / 3600:.3g} chip-h per 1,000")
+    rows.append(f"| {target} | " + " | ".join(cells) + " |")
+  if not any_estimate:
+    return []
+  return ["", "Estimated step time (roofline lower bound: tools/aot's estimate, docs/fitting.md \"What will it "
+          "cost?\"), and wall time and chip-hours per 1,000 steps (evaluation: batches); GRPO and evaluation at "
+          "256 new tokens per completion and at the limit:", "",
+          "| target | " + " | ".join(WHAT[s] for s in stages) + " |", "|---|" + "---|" * len(stages)] + rows
+
+
 def markdown(out: str, stages, targets) -> str:
   reports = {}
   for stage in stages:
@@ -120,6 +153,7 @@ def markdown(out: str, stages, targets) -> str:
       cells.append(f"{flags_text(flags)} ({_gib(peak)} of {_gib(progs[0]['capacity'])})" if flags is not None
                    else flags_text(flags))
     lines.append(f"| {target} | " + " | ".join(cells) + " |")
+  lines += estimate_table(reports, stages, targets)
   for target in targets:
     t = aot.parse_target(target)
     done = [r for (_, tg), r in reports.items() if tg == target]

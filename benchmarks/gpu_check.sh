@@ -8,6 +8,8 @@
 #   - SFT: the compiled train step's predicted memory (tools/aot's numbers for this device: arguments + outputs
 #     + temporaries - aliased) against what the device reports (memory_stats() peak_bytes_in_use), the step time
 #     and the MFU (model FLOPs as the trainer counts them / time / the device's bf16 peak);
+#   - the step's tools/aot roofline estimate (compiled HLO, loop bodies x trip counts, this chip's facts) against
+#     the measured step: predicted / measured;
 #   - GRPO rollout: completion tokens/s of generate() with G samples per prompt (prefill + decode, greedy-free
 #     sampling at temperature 1), and its memory peak.
 # Settings: one microbatch of the one-H100 recipe (8 rows per GPU: --config.grad_accum_steps=16), on an fsdp mesh
@@ -84,6 +86,14 @@ print(f"SFT step: {dt:.3f} s for {rows} x {L} tokens + {rows} images of {P} patc
       f"loss {float(m['loss']):.3f}", flush=True)
 print(f"memory: predicted {pred / 2**30:.2f} GiB, device peak {got / 2**30:.2f} GiB (limit {limit / 2**30:.2f})",
       flush=True)
+# tools/aot's roofline estimate of this compiled step (cost.py: loop bodies x trip counts) on this device's chip facts
+from tinyrs_jax.tools.aot import cost as cost_lib
+chip = aot.CHIPS["h200" if "H200" in dev.device_kind else "h100"]
+c_step = cost_lib.program_cost(compiled.as_text()).fixed
+est = cost_lib.roofline_s(c_step, chip.peak_tflops * 1e12, chip.hbm_bandwidth, chip.interconnect)
+print(f"estimate: {est:.3f} s (roofline lower bound; FLOPs alone {c_step.flops / (chip.peak_tflops * 1e12):.3f} s; "
+      f"{c_step.flops / 1e12:.1f} TFLOP, {c_step.bytes / 1e9:.1f} GB per device), measured {dt:.3f} s: "
+      f"predicted / measured {est / dt:.2f}", flush=True)
 del state, batch, compiled
 
 # ------------------------------------------------------------------ GRPO rollout tokens/s

@@ -103,6 +103,7 @@ def fitting_programs(v5e_16, stage, names):
   return progs
 
 
+@pytest.mark.slow
 def test_sft_stages_fit_a_v5e_16(v5e_16):
   """The SFT recipe's wiring (fsdp 16, 2 microbatches, full remat, donated fp32 state + AdamW) at the demo
   model's size."""
@@ -140,6 +141,7 @@ def test_grpo_fits_a_v5e_16(v5e_16):
   assert progs["ref_logps"]["arguments"] < 0.3 * progs["update"]["arguments"]
 
 
+@pytest.mark.slow
 def test_evaluation_fits_a_v5e_16(v5e_16):
   """configs/eval.py's programs (greedy generation; with mc_mode=loglik also the options' scoring pass), with
   bf16 parameters only (no optimizer state), at the demo model's size."""
@@ -250,14 +252,30 @@ def test_fit_tables_markdown(tmp_path, monkeypatch):
       "pretrain_h100x8": dict(config="configs/pretrain.py", fits=True, programs=[prog], suggestion=None),
       "grpo_h100x1": dict(config="configs/grpo.py", fits=False, programs=[dict(big, error="x", total=0)],
                           suggestion=None)}
+  reports["pretrain_h100x8"]["estimate"] = dict(step_s=2.5, step_s_at_max=2.5, completion_tokens=0, num_chips=8)
   for name, r in reports.items():
     (tmp_path / f"{name}.json").write_text(json.dumps(r))
   monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", ".92")  # capacities come from the reports, not from here
   md = fit_tables.markdown(str(tmp_path), ["pretrain", "grpo"], ["h100x1", "h100x8"])
-  rows = {line.split(" | ")[0].strip("| "): line for line in md.splitlines() if line.startswith("| h100")}
+  rows = {}
+  for line in md.splitlines():  # the first table's rows (the estimate table repeats the targets)
+    if line.startswith("| h100"):
+      rows.setdefault(line.split(" | ")[0].strip("| "), line)
   assert "`--config.grad_accum_steps=16` (3.00 of 59.33)" in rows["h100x1"]  # mesh.fsdp=1 is the default
   assert "nothing from the standard levers fits" in rows["h100x1"]
   assert "| defaults (3.00 of 59.33) | not run |" in rows["h100x8"]
   assert "| train_step | 1.00 | 0.00 | 2.00 | 0.00 | 0.00 | **3.00** | 989 | 1.00 s |" in md
   assert "the defaults do not fit: train_step (90.00 GiB)" in md
   assert "nothing from the standard levers fits; the defaults do not fit: train_step (refused by the compiler)" in md
+  # the estimate: 2.5 s a step, 1,000 steps = 0.694 h on 8 chips = 5.56 chip-hours; a report without one says so
+  assert "| h100x8 | 2.5 s; 0.694 h, 5.56 chip-h per 1,000 | not run |" in md
+  assert "| h100x1 | not estimated | not estimated |" in md
+
+
+def test_exit_status_2_when_the_tool_fails(capsys):
+  """0 fits, 1 does not fit, 2 the tool itself failed (here: an unknown target, a value the trainer's parser
+  refuses): a failure is never read as a verdict."""
+  from tinyrs_jax.tools.aot import cli
+  assert cli.main(["--config=configs/pretrain.py", "--target=a100x8"]) == cli.FAILED == 2
+  assert cli.main(["--config=configs/pretrain.py", "--target=v5e-16", "--config.data.max_pixels=1024*28*28"]) == 2
+  assert "verdict is unknown" in capsys.readouterr().err

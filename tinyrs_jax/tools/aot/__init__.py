@@ -22,3 +22,7 @@ def _load_config_module(path: str, *overrides: str):
   parses them (tinyrs_jax.main.load_config)."""
   from tinyrs_jax import main as trainer_main
   return trainer_main.load_config([f"--config={path}", *overrides])[0]
+
+__all__ = ["CHIP_SOURCES", "CHIPS", "GPU_HEADROOM", "H100_BYTES", "H200_BYTES", "TARGETS", "GiB", "Program", "Result",
+           "Target", "as_flags", "build_programs", "gpu_mem_fraction", "image_pixels", "levers", "parse_target",
+           "per_device_bytes", "recipe_pixels", "run", "stage_shapes", "target_devices"]
