@@ -29,6 +29,45 @@ def our_and_hf_models(preset: str, seed: int = 0, dtype: str = "float32"):
   return model, hf
 
 
+def our_train_steps(model, inp, answer_tokens: int, remats, chunk_size: int = 64):
+  """The trainer's own train step (AdamW, one device, donated state) on `inp` as one static batch, the loss on the
+  last `answer_tokens` of every row; weights from `model`. Yields (remat policy, run, step): run() takes one step
+  and returns its metrics, step is the CompiledStep (its cache holds the compiled program)."""
+  import jax
+  import ml_collections
+  from flax import nnx
+
+  from tinyrs_jax import sharding as sharding_lib
+  from tinyrs_jax.models import batch as batch_lib
+  from tinyrs_jax.train import input as input_lib
+  from tinyrs_jax.train import losses
+  from tinyrs_jax.train import optimizer as optim_lib
+  from tinyrs_jax.train import state as state_lib
+  b, length = inp["input_ids"].shape
+  static = batch_lib.pad_hf_inputs(inp["input_ids"], inp["attention_mask"], inp["pixel_values"],
+                                   inp["image_grid_thw"], length_buckets=(length,))
+  static.pop("length")
+  static["loss_mask"] = np.zeros((b, length), np.int32)
+  static["loss_mask"][:, length - answer_tokens:] = 1
+  optim = ml_collections.ConfigDict(dict(name="adamw", lr=1e-5, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.1,
+                                         max_grad_norm=1.0, schedule="constant", warmup_steps=0, freeze=""))
+  mesh = sharding_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+  loss_fn = lambda m, bt, r: losses.next_token_ce(m, bt, r, chunk_size=chunk_size)  # noqa: E731
+  for remat in remats:
+    smodel = state_lib.make_model(model.cfg, remat_policy=remat)
+    opt = optim_lib.make_optimizer(optim, smodel.abstract_params, total_steps=1000)
+    sh = state_lib.state_shardings(smodel, opt, mesh)
+    params = jax.device_put(jax.tree.map(np.array, nnx.state(model, nnx.Param).to_pure_dict()), sh.params)
+    holder = {"state": state_lib.state_from_params(params, opt, sh, seed=0)}
+    step = state_lib.CompiledStep(state_lib.make_train_step(smodel, opt, loss_fn), mesh, sh, donate=True)
+    gb = input_lib.to_global(static, state_lib.batch_shardings(mesh, static))
+
+    def run(holder=holder, step=step, gb=gb):
+      holder["state"], m = step(holder["state"], gb)
+      return jax.block_until_ready(m)
+    yield remat, run, step
+
+
 def time_fn(fn, *, warmup: int = 2, iters: int = 5) -> float:
   """Median seconds per call after warm-up (compilation excluded)."""
   for _ in range(warmup):

@@ -28,7 +28,7 @@ import types
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from benchmarks.common import prompt_batch, setup_threads  # noqa: E402
+from benchmarks.common import our_train_steps, prompt_batch, setup_threads  # noqa: E402
 
 # The clock every time here is read on. "cpu" (the default): this process's CPU seconds, all its threads, so other
 # jobs on a shared machine do not move the ratios (the rates and the phases are both measured in CPU seconds);
@@ -120,44 +120,14 @@ def row(label: str, pred: float, meas: float, c) -> str:
 
 def check_train(args, flops_rate, bw) -> list[str]:
   """benchmarks/train_step.py's ours: bench_30m, batch 4, 224px image + 96 text tokens, loss on 48, fp32."""
-  import jax
-  import ml_collections
-  import numpy as np
   from flax import nnx
 
-  from tinyrs_jax import sharding as sharding_lib
   from tinyrs_jax.models import Qwen2VL, get_preset
-  from tinyrs_jax.models import batch as batch_lib
-  from tinyrs_jax.train import input as input_lib
-  from tinyrs_jax.train import losses
-  from tinyrs_jax.train import optimizer as optim_lib
-  from tinyrs_jax.train import state as state_lib
   cfg = get_preset(args.preset)
   model = Qwen2VL(cfg, dtype="float32", param_dtype="float32", rngs=nnx.Rngs(0))
   inp = prompt_batch(cfg, 4, 224, 96)
-  b, length = inp["input_ids"].shape
-  static = batch_lib.pad_hf_inputs(inp["input_ids"], inp["attention_mask"], inp["pixel_values"],
-                                   inp["image_grid_thw"], length_buckets=(length,))
-  static.pop("length")
-  static["loss_mask"] = np.zeros((b, length), np.int32)
-  static["loss_mask"][:, length - 48:] = 1
-  optim = ml_collections.ConfigDict(dict(name="adamw", lr=1e-5, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.1,
-                                         max_grad_norm=1.0, schedule="constant", warmup_steps=0, freeze=""))
-  mesh = sharding_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
-  loss_fn = lambda m, bt, r: losses.next_token_ce(m, bt, r, chunk_size=64)  # noqa: E731
   out = []
-  for remat in ("none", "dots_no_batch"):
-    smodel = state_lib.make_model(cfg, remat_policy=remat)
-    opt = optim_lib.make_optimizer(optim, smodel.abstract_params, total_steps=1000)
-    sh = state_lib.state_shardings(smodel, opt, mesh)
-    params = jax.device_put(jax.tree.map(np.array, nnx.state(model, nnx.Param).to_pure_dict()), sh.params)
-    holder = {"state": state_lib.state_from_params(params, opt, sh, seed=0)}
-    step = state_lib.CompiledStep(state_lib.make_train_step(smodel, opt, loss_fn), mesh, sh, donate=True)
-    gb = input_lib.to_global(static, state_lib.batch_shardings(mesh, static))
-
-    def run():
-      holder["state"], m = step(holder["state"], gb)
-      return jax.block_until_ready(m)
+  for remat, run, step in our_train_steps(model, inp, 48, ("none", "dots_no_batch")):
     run()
     meas = time_fn(run, warmup=1, iters=args.iters)
     (compiled,) = step.cache.values()

@@ -22,7 +22,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import our_and_hf_models, prompt_batch, setup_threads, time_fn  # noqa: E402
+from benchmarks.common import our_and_hf_models, our_train_steps, prompt_batch, setup_threads, time_fn  # noqa: E402
 
 
 def main():
@@ -39,17 +39,8 @@ def main():
   args = p.parse_args()
   setup_threads()
   import jax
-  import ml_collections
   import numpy as np
   import torch
-  from flax import nnx
-
-  from tinyrs_jax import sharding as sharding_lib
-  from tinyrs_jax.models import batch as batch_lib
-  from tinyrs_jax.train import input as input_lib
-  from tinyrs_jax.train import losses
-  from tinyrs_jax.train import optimizer as optim_lib
-  from tinyrs_jax.train import state as state_lib
 
   model, hf = our_and_hf_models(args.preset)
   cfg = model.cfg
@@ -60,28 +51,8 @@ def main():
   loss_mask[:, length - args.answer_tokens:] = 1
 
   # ---- ours: the trainer's step on the static batch, weights taken from the same model.
-  static = batch_lib.pad_hf_inputs(inp["input_ids"], inp["attention_mask"], inp["pixel_values"],
-                                   inp["image_grid_thw"], length_buckets=(length,))
-  static.pop("length")
-  static["loss_mask"] = loss_mask
-  optim = ml_collections.ConfigDict(dict(name="adamw", lr=1e-5, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.1,
-                                         max_grad_norm=1.0, schedule="constant", warmup_steps=0, freeze=""))
-  mesh = sharding_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
-  loss_fn = lambda m, bt, r: losses.next_token_ce(m, bt, r, chunk_size=args.chunk_size)  # noqa: E731
   ours = {}
-  for remat in args.remat.split(","):
-    smodel = state_lib.make_model(cfg, remat_policy=remat)
-    opt = optim_lib.make_optimizer(optim, smodel.abstract_params, total_steps=1000)
-    sh = state_lib.state_shardings(smodel, opt, mesh)
-    params = jax.device_put(jax.tree.map(np.array, nnx.state(model, nnx.Param).to_pure_dict()), sh.params)
-    holder = {"state": state_lib.state_from_params(params, opt, sh, seed=0)}
-    step = state_lib.CompiledStep(state_lib.make_train_step(smodel, opt, loss_fn), mesh, sh, donate=True)
-    gb = input_lib.to_global(static, state_lib.batch_shardings(mesh, static))
-
-    def run_ours():
-      holder["state"], m = step(holder["state"], gb)
-      return jax.block_until_ready(m)
-
+  for remat, run_ours, _ in our_train_steps(model, inp, args.answer_tokens, args.remat.split(","), args.chunk_size):
     first = float(run_ours()["loss"])
     ours[remat] = (first, time_fn(run_ours, warmup=1, iters=args.iters))
 
