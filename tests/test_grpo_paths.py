@@ -17,6 +17,9 @@ import tinyrs_jax.rewards as rw
 from tinyrs_jax.data import pipeline
 from tinyrs_jax.data.records import Record
 from tinyrs_jax.rewards import scoring
+from tinyrs_jax.train import grpo_eval
+from tinyrs_jax.train import grpo_policy
+from tinyrs_jax.train import grpo_rewards
 from tinyrs_jax.train import grpo_trainer as gt
 from tinyrs_jax.train import runner
 
@@ -52,11 +55,11 @@ def test_held_out_eval_reports_format_and_accuracy_at_weight_zero():
   """An ablation arm (rewards.format=0): the eval still computes format and accuracy; total is the training mix.
   (Before: format entered at weight 0.0, compute_rewards skipped it, comps["format"] raised KeyError.)"""
   weights = {"accuracy": 1.0}
-  assert gt.eval_reward_weights(weights) == {"format": 1.0, "accuracy": 1.0}
-  assert all(v != 0 for v in gt.eval_reward_weights({"format": 0.0, "accuracy": 1.0}).values())
-  step = types.SimpleNamespace(weights=weights, scorer=gt.RewardScorer(weights, {}, None))
+  assert grpo_rewards.eval_reward_weights(weights) == {"format": 1.0, "accuracy": 1.0}
+  assert all(v != 0 for v in grpo_rewards.eval_reward_weights({"format": 0.0, "accuracy": 1.0}).values())
+  step = types.SimpleNamespace(weights=weights, scorer=grpo_rewards.RewardScorer(weights, {}, None))
   cfg = ml_collections.ConfigDict({"grpo": {"answer_tag": "answer", "think_tag": "think"}})
-  ev = gt.HeldOutEval(step, [], cfg)
+  ev = grpo_eval.HeldOutEval(step, [], cfg)
   texts = ["<think>x</think><answer>forest</answer>", "beach"]
   total, comps = ev.score_batch(texts, [ex(0), ex(1)])
   np.testing.assert_array_equal(comps["format"], [1.0, 0.0])
@@ -66,7 +69,7 @@ def test_held_out_eval_reports_format_and_accuracy_at_weight_zero():
 
 def test_padding_rows_never_reach_a_reward_and_rewards_get_the_prompt():
   SEEN.clear()
-  scorer = gt.RewardScorer({"_paths_record": 1.0}, {}, None)
+  scorer = grpo_rewards.RewardScorer({"_paths_record": 1.0}, {}, None)
   pad = {"id": None, "task": None, "answer": None, "is_padding": True}
   total, comps = scorer(["a", "b", "c"], [ex(0), pad, ex(2)])
   assert [e["id"] for e in SEEN] == ["ex0", "ex2"] and all(e["prompt"] == "What is shown?" for e in SEEN)
@@ -85,8 +88,8 @@ def test_prompt_text_is_the_user_turns_without_the_image():
 
 
 def test_a_raising_reward_names_itself_the_example_and_the_completion():
-  scorer = gt.RewardScorer({"_paths_raise": 1.0}, {}, None)
-  with pytest.raises(gt.RewardFailure) as e:
+  scorer = grpo_rewards.RewardScorer({"_paths_raise": 1.0}, {}, None)
+  with pytest.raises(grpo_rewards.RewardFailure) as e:
     scorer(["fine", "it goes boom " + "x" * 200], [ex(0), ex(1)])
   msg = str(e.value)
   assert "'_paths_raise'" in msg and "ZeroDivisionError" in msg and "'ex1'" in msg and "it goes boom" in msg
@@ -94,9 +97,9 @@ def test_a_raising_reward_names_itself_the_example_and_the_completion():
 
 
 def test_a_hanging_reward_times_out_with_the_same_error():
-  scorer = gt.RewardScorer({"_paths_hang": 1.0}, {}, 0.3)
+  scorer = grpo_rewards.RewardScorer({"_paths_hang": 1.0}, {}, 0.3)
   t0 = time.time()
-  with pytest.raises(gt.RewardFailure, match=r"'_paths_hang' did not return within 0.3 s.*'ex0'"):
+  with pytest.raises(grpo_rewards.RewardFailure, match=r"'_paths_hang' did not return within 0.3 s.*'ex0'"):
     scorer(["a", "b"], [ex(0), ex(1)])
   assert time.time() - t0 < 5
 
@@ -123,10 +126,10 @@ def test_prompts_without_a_verifiable_answer_are_refused_with_file_and_line(capl
                boxes=(("ship", (1.0, 2.0, 3.0, 4.0)),))
   bad = Record(id="n", image=None, messages=[{"role": "user", "content": "q"}], task="classify",
                source="/data/train.jsonl", line=7)
-  assert gt.check_verifiable([good, box], allow=False) == 0
+  assert grpo_rewards.check_verifiable([good, box], allow=False) == 0
   with pytest.raises(ValueError, match=r"1 of 3 .*/data/train.jsonl:7.*allow_unverifiable"):
-    gt.check_verifiable([good, box, bad], allow=False)
-  assert gt.check_verifiable([good, box, bad], allow=True) == 1
+    grpo_rewards.check_verifiable([good, box, bad], allow=False)
+  assert grpo_rewards.check_verifiable([good, box, bad], allow=True) == 1
 
 
 # ------------------------------------------------------------------------------------------- reference (5)
@@ -140,14 +143,14 @@ def test_the_reference_is_pinned_and_refused_when_gone(tmp_path):
   wd.mkdir()
   config = ml_collections.ConfigDict({"init": {"step": -1}})
   source = runner.ModelSource(None, None, "workdir", str(init / "checkpoints" / "5"))
-  rec = gt.pin_init(config, source, str(wd))
+  rec = grpo_policy.pin_init(config, source, str(wd))
   assert rec == {"init": "workdir", "init_path": str(init), "step": 5} and config.init.step == 5
-  assert json.load(open(wd / gt.REFERENCE_FILE)) == rec
+  assert json.load(open(wd / grpo_policy.REFERENCE_FILE)) == rec
   (init / "checkpoints" / "5").rmdir()
   (init / "checkpoints" / "9").mkdir()  # a later checkpoint is not the reference
   resumed = runner.ModelSource(None, None, "resume", str(wd))
   with pytest.raises(FileNotFoundError, match=r"at step 5 .* is gone"):
-    gt.load_reference(config, resumed, str(wd), None, None, None)
+    grpo_policy.load_reference(config, resumed, str(wd), None, None, None)
 
 
 # ---------------------------------------------------------------------------------- keys and metrics (9, 10)

@@ -13,6 +13,7 @@ from tinyrs_jax import sharding as sharding_lib
 from tinyrs_jax.models import presets
 from tinyrs_jax.sampling import generate as gen_lib
 from tinyrs_jax.train import grpo_monitor
+from tinyrs_jax.train import grpo_rewards
 from tinyrs_jax.train import grpo_trainer
 from tinyrs_jax.train import losses as losses_lib
 from tinyrs_jax.train import optimizer as optim_lib
@@ -155,14 +156,14 @@ def test_mesh_gradients_equal_one_device(model, params, rollout):
 def test_reward_and_completion_stats():
   total = np.asarray([1.0, 0.0, 1.0, 1.0, 0.5, 0.5], np.float32)  # 3 groups of 2
   comps = {"accuracy": np.asarray([1, 0, 1, 1, 0, 0], np.float32)}
-  s = grpo_trainer.reward_stats(total, comps, 2)
+  s = grpo_rewards.reward_stats(total, comps, 2)
   assert s["reward"] == pytest.approx(4.0 / 6)
   assert s["frac_reward_zero_std"] == pytest.approx(2 / 3)
   assert s["reward_std"] == pytest.approx(np.std([1, 0], ddof=1) / 3)
   assert s["rewards/accuracy/mean"] == pytest.approx(0.5)
   lengths = np.asarray([5, 10, 10, 3], np.int32)
   trunc = np.asarray([False, True, True, False])
-  c = grpo_trainer.completion_stats(lengths, trunc)
+  c = grpo_rewards.completion_stats(lengths, trunc)
   assert c["completions/clipped_ratio"] == 0.5 and c["completions/mean_terminated_length"] == 4.0
   assert (c["completions/min_length"], c["completions/max_length"]) == (3, 10)
 

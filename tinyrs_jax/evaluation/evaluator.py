@@ -43,8 +43,8 @@ from tinyrs_jax import sharding as sharding_lib
 from tinyrs_jax.evaluation import metrics as metrics_lib
 from tinyrs_jax.evaluation import results as results_lib
 from tinyrs_jax.evaluation import rules
-from tinyrs_jax.sampling import generate as gen_lib
-from tinyrs_jax.sampling.completions import Completions, eos_ids
+from tinyrs_jax.sampling.answers import Sampler
+from tinyrs_jax.sampling.completions import eos_ids
 from tinyrs_jax.train import input as input_lib
 from tinyrs_jax.train import metrics as train_metrics
 from tinyrs_jax import runtime
@@ -188,8 +188,9 @@ def rescore_rows(rows: list[dict], records, score_kw: dict) -> list[dict]:
 # ---------------------------------------------------------------------------------------- the evaluation
 
 class Evaluator:
-  """Greedy answers on the mesh, scored into prediction rows: the eval run's engine, also used inside training
-  runs (`in_training_metrics`) on their validation records."""
+  """Greedy answers on the mesh (sampling/answers.py's Sampler, the path GRPO's rollout and held-out evaluation
+  take too), scored into prediction rows: the eval run's engine, also used inside training runs (TrainingEval) on
+  their validation records."""
 
   def __init__(self, config, model, mesh, processor, *, tokenizer_dir: str, batch_size: int, max_new_tokens: int,
                answer_tag: str = "answer", think_tags: str = "think,reasoning", box_format: str = "qwen1000",
@@ -199,8 +200,9 @@ class Evaluator:
     self.config, self.model, self.mesh, self.processor = config, model, mesh, processor
     self.mc_mode, self._score_options = mc_mode, None
     self.batch_size, self.max_new = int(batch_size), int(max_new_tokens)
-    self.completions = Completions(tokenizer_dir, eos_ids(tokenizer_dir, model.cfg.eos_token_id), self.max_new)
-    self.pad_id = model.cfg.pad_token_id if model.cfg.pad_token_id is not None else 0
+    self.sampler = Sampler(model, mesh, tokenizer_dir=tokenizer_dir, max_new_tokens=self.max_new,
+                           eos_ids=eos_ids(tokenizer_dir, model.cfg.eos_token_id))
+    self.completions, self.pad_id = self.sampler.completions, self.sampler.pad_id
     self.score_kw = dict(answer_tag=answer_tag, box_format=box_format,
                          think_tags=tuple(t.strip() for t in str(think_tags).split(",") if t.strip()))
     self.log_every_s = float(log_every_s)
@@ -222,16 +224,6 @@ class Evaluator:
     if hasattr(it, "close"):
       it.close()
 
-  def generate(self, params, host_batch: dict):
-    """(tokens, lengths) of every process's rows, in global row order (the same on every process)."""
-    width = host_batch["input_ids"].shape[1]
-    static = gen_lib.left_pad_prompts({k: host_batch[k] for k in input_lib.PROMPT_KEYS}, pad_token_id=self.pad_id,
-                                      patch_dim=self.model.cfg.vision.patch_dim, length_buckets=(width,))
-    gen = gen_lib.generate(self.model.merge(params), static, max_new_tokens=self.max_new, temperature=0.0,
-                           eos_token_ids=sorted(self.completions.eos), num_samples=1, length_buckets=(width,),
-                           mesh=self.mesh)
-    return sharding_lib.gather_rows(gen.tokens), sharding_lib.gather_rows(np.asarray(gen.lengths))
-
   # ------------------------------------------------------------------- multiple choice by log-likelihood
 
   def option_tokens(self, records) -> tuple[list[list[list[int]]], int, int]:
@@ -248,9 +240,7 @@ class Evaluator:
     row has fewer options), by the training forward (temperature 1, the prompt's image shared by its K rows)."""
     from tinyrs_jax.train import losses as losses_lib
     from tinyrs_jax.train import state as state_lib
-    width_p = host_batch["input_ids"].shape[1]
-    static = gen_lib.left_pad_prompts({k_: host_batch[k_] for k_ in input_lib.PROMPT_KEYS}, pad_token_id=self.pad_id,
-                                      patch_dim=self.model.cfg.vision.patch_dim, length_buckets=(width_p,))
+    static = self.sampler.prompt_batch(host_batch)
     rows = len(host_batch["meta"])
     ids = np.full((rows * k, width), self.pad_id, np.int32)
     mask = np.zeros((rows * k, width), np.int32)
@@ -293,8 +283,7 @@ class Evaluator:
         texts = [chr(ord("A") + int(np.argmax(s_))) for s_ in scores]
         lengths, truncated = np.zeros(len(texts), np.int32), np.zeros(len(texts), bool)
       else:
-        tokens, lengths = self.generate(params, host_batch)
-        texts, lengths, truncated = self.completions.decode_rows(tokens, lengths)
+        texts, lengths, truncated = self.sampler.greedy_answers(params, host_batch, every_process=True)
       index = sharding_lib.gather_rows(index)
       rows = [prediction_row(first_index + int(i), records[int(i)], texts[r], lengths[r], truncated[r],
                              self.score_kw) for r, i in enumerate(index) if i >= 0]

@@ -20,4 +20,13 @@ What a second algorithm (GRPO) reuses unchanged:
   random_batches: random_batch / RandomBatches (tests, benchmarks, AOT, data.source=random)
   metrics.MetricsWriter (metrics.jsonl + TensorBoard), metrics.batch_model_flops / peak_flops_per_device (MFU)
   distributed.initialize(config.distributed) (TPU, SLURM, explicit coordinator)
+
+The GRPO trainer (stage 4), one job per file:
+  grpo_trainer  the run and one GRPO step (GRPOStep: rollout, rewards, batch, updates; TrainStep for the loop)
+  grpo          advantages and the policy loss, as pure functions
+  grpo_rewards  the configured rewards, scoring (RewardScorer, RewardFailure), check_verifiable, reward metrics
+  grpo_eval     the held-out evaluation (HeldOutEval)
+  grpo_policy   the starting policy (ensure_demo_policy) and the pinned reference (pin_init, load_reference)
+  grpo_monitor  warnings when a run goes wrong
+Generation and decoding, shared with the evaluation run: sampling/answers.py (Sampler).
 """

@@ -21,21 +21,21 @@ GRPO step are saved with each checkpoint (numbered by GRPO step, whether or not 
 rollout's key is fold_in(seed, step, attempt), and the reference policy is the checkpoint recorded at the start
 (grpo_reference.json).
 
-Where each piece lives: RewardScorer (rewards: padding rows never scored, timeout, a failure named and agreed
-on by every process), GRPOStep (sample / sample_dynamic / build_batch / update / run_updates), TrainStep (the
-loop's train_step: the GRPO step counter, skipped updates, samples), HeldOutEval (the loop's evaluate),
-check_verifiable (prompts without a verifiable answer), pin_init / load_reference (the reference policy).
-What a user sees on each failure path: docs/grpo.md.
+Where each piece lives: here GRPOStep (sample / sample_dynamic / build_batch / update / run_updates) and TrainStep
+(the loop's train_step: the GRPO step counter, skipped updates, samples); sampling/answers.py the generation path
+the rollout shares with the evaluation run (Sampler); train/grpo_rewards.py the rewards (RewardScorer: padding
+rows never scored, timeout, a failure named and agreed on by every process; check_verifiable: prompts without a
+verifiable answer; the reward and completion metrics); train/grpo_eval.py the held-out evaluation (HeldOutEval,
+the loop's evaluate); train/grpo_policy.py the starting policy and the reference (ensure_demo_policy, pin_init,
+load_reference). What a user sees on each failure path: docs/grpo.md.
 
 Held-out evaluation (at the start, every eval.every_steps and at the end): greedy completions for the validation
-prompts, scored by the same rewards: eval/reward, eval/rewards/<name>, eval/accuracy/<task>; and by the evaluation
+prompts (the evaluation run's path), scored by the same rewards: eval/reward, eval/rewards/<name>, eval/accuracy/<task>; and by the evaluation
 suite's two rule sets (tinyrs_jax/evaluation): eval/strict/<metric>, eval/tinyrs/<metric>. A health monitor
 (train/grpo_monitor.py) warns once per condition when a run goes wrong.
 """
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import json
 import os
 import time
@@ -49,6 +49,7 @@ from tinyrs_jax import sharding as sharding_lib
 from tinyrs_jax.sharding import gather_rows
 from tinyrs_jax.models import batch as batch_lib
 from tinyrs_jax.sampling import generate as gen_lib
+from tinyrs_jax.sampling.answers import Sampler
 from tinyrs_jax.sampling.completions import Completions
 from tinyrs_jax.train import grpo as grpo_lib
 from tinyrs_jax.train import grpo_monitor
@@ -59,127 +60,14 @@ from tinyrs_jax.train import losses as losses_lib
 from tinyrs_jax.train import metrics as metrics_lib
 from tinyrs_jax.train import runner
 from tinyrs_jax.train import state as state_lib
+# The run's other pieces, importable from here as before (tools/aot, tests):
+from tinyrs_jax.train.grpo_eval import HeldOutEval
+from tinyrs_jax.train.grpo_policy import ensure_demo_policy, load_reference, pin_init
+from tinyrs_jax.train.grpo_rewards import (RewardFailure, RewardScorer, check_verifiable, completion_stats,
+                                           reward_setup, reward_stats)
 
 SCORE_KEYS = ("prompt_ids", "prompt_mask", "pixel_values", "image_grid_thw", "completion_ids", "completion_mask")
 SAMPLES_FILE = "samples.jsonl"
-
-
-# ------------------------------------------------------------------------------------------------ rewards
-
-def reward_setup(config) -> tuple[dict[str, float], dict[str, dict]]:
-  """(weights of the rewards in use, options per reward) from config.rewards / config.reward_options, after
-  importing the user's reward modules (config.reward_modules) so their rewards are registered."""
-  from tinyrs_jax import rewards as rewards_lib
-  if config.get("reward_modules", ""):
-    rewards_lib.load_reward_modules(config.reward_modules)
-  weights = {k: float(v) for k, v in config.rewards.items() if float(v) != 0.0}
-  if not weights:
-    raise ValueError("every reward weight is 0: set e.g. --config.rewards.accuracy=1.0")
-  for name in weights:
-    rewards_lib.get_reward(name)  # unknown names fail here, before any compile
-  options = {k: dict(v) for k, v in config.get("reward_options", {}).items()}
-  tags = {"think_tag": config.grpo.think_tag, "answer_tag": config.grpo.answer_tag}
-  options.setdefault("format", {}).update({k: v for k, v in tags.items() if k not in options["format"]})
-  options.setdefault("accuracy", {}).setdefault("answer_tag", config.grpo.answer_tag)
-  options.setdefault("iou_threshold", {}).setdefault("answer_tag", config.grpo.answer_tag)
-  return weights, options
-
-
-def eval_reward_weights(weights: dict[str, float]) -> dict[str, float]:
-  """What the held-out evaluation computes: the training rewards, plus format and accuracy (weight 1 for the
-  call only) when their training weight is 0, so an ablation arm still reports both."""
-  return {"format": 1.0, "accuracy": 1.0, **{k: v for k, v in weights.items() if v != 0}}
-
-
-class RewardFailure(RuntimeError):
-  """A reward raised or timed out on some process: raised on every process, with that process's message."""
-
-
-_MESSAGE_BYTES = 2048
-
-
-def agree_on_failure(error: str) -> None:
-  """Every process learns whether any failed (one all-gather of a fixed-size message) and raises the first
-  failing process's message; a single process raises its own. No process is left waiting in a collective."""
-  if jax.process_count() == 1:
-    if error:
-      raise RewardFailure(error)
-    return
-  raw = np.zeros(_MESSAGE_BYTES, np.uint8)
-  b = error.encode("utf-8")[:_MESSAGE_BYTES]
-  raw[:len(b)] = np.frombuffer(b, np.uint8)
-  every = gather_rows(raw[None])
-  for p, row in enumerate(every):
-    if row.any():
-      msg = bytes(row[row != 0]).decode("utf-8", errors="replace")
-      raise RewardFailure(msg if p == jax.process_index() else f"(on process {p}) {msg}")
-
-
-class RewardScorer:
-  """Scores completions with the configured rewards, host side: padding rows never reach a reward (they score
-  0); a reward that raises or runs longer than `timeout_s` stops every process with RewardFailure naming the
-  reward, the example id and the completion's first characters."""
-
-  def __init__(self, weights: dict[str, float], options: dict, timeout_s: float | None):
-    self.weights, self.options, self.timeout_s = weights, options, timeout_s
-
-  def __call__(self, texts: list[str], examples: list[dict], weights: dict[str, float] | None = None
-               ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    from tinyrs_jax import rewards as rewards_lib
-    weights = self.weights if weights is None else weights
-    n = len(texts)
-    real = [i for i, ex in enumerate(examples) if not ex.get("is_padding")]
-    total = np.zeros(n, np.float32)
-    comps = {k: np.zeros(n, np.float32) for k, w in weights.items() if w != 0}
-    error = ""
-    if real:
-      try:
-        t, c = rewards_lib.compute_rewards([texts[i] for i in real], [examples[i] for i in real], weights,
-                                           self.options, timeout_s=self.timeout_s)
-        total[real] = t
-        for k, v in c.items():
-          comps[k][real] = v
-      except rewards_lib.RewardError as e:
-        error = str(e)
-    agree_on_failure(error)
-    return total, comps
-
-
-# ------------------------------------------------------------------------------------------ the demo policy
-
-def ensure_demo_policy(config) -> str:
-  """The GRPO demo's starting policy: the three demo SFT stages (configs/{pretrain,instruct,cot}.py:demo), run
-  once into a cache folder keyed by their configs and the synthetic data's version, then reused."""
-  from tinyrs_jax.data import demo_tokenizer, synthetic
-  from tinyrs_jax.train import sft
-  configs_dir = config.init.demo_configs_dir
-  stages = []
-  for stage in ("pretrain", "instruct", "cot"):
-    path = os.path.join(configs_dir, f"{stage}.py")
-    spec = importlib.util.spec_from_file_location(f"_tinyrs_demo_{stage}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    stages.append((stage, module.get_config("demo")))
-  key = hashlib.sha1(json.dumps([synthetic.GENERATOR_VERSION, demo_tokenizer.TOKENIZER_VERSION]
-                                + [c.to_json_best_effort(sort_keys=True) for _, c in stages]).encode()).hexdigest()[:12]
-  root = os.path.join(demo_tokenizer.default_cache_root(), f"demo-policy-{key}")
-  final = os.path.join(root, "cot")
-  t0 = time.time()
-  prev = ""
-  for stage, c in stages:
-    workdir = os.path.join(root, stage)
-    c.init.workdir = prev
-    if not os.path.exists(os.path.join(workdir, "DONE")):
-      logging.info("demo starting policy: running the %s demo stage into %s", stage, workdir)
-      summary = sft.train_and_evaluate(c, workdir)
-      if summary.get("preempted"):
-        raise RuntimeError(f"the {stage} demo stage was preempted; rerun to continue it")
-      if jax.process_index() == 0:
-        with open(os.path.join(workdir, "DONE"), "w") as f:
-          f.write("ok\n")
-    prev = workdir
-  logging.info("demo starting policy: %s (the demo SFT stages, cached; %.0fs)", final, time.time() - t0)
-  return final
 
 
 # ------------------------------------------------------------------------------------------------- pieces
@@ -254,29 +142,6 @@ def take_groups(chosen: list[tuple[dict, int]], group: int, pad_id: int, width: 
   return {k: (v if k in ("texts", "examples") else np.concatenate(v)) for k, v in out.items()}
 
 
-def completion_stats(lengths: np.ndarray, truncated: np.ndarray, prefix: str = "completions/") -> dict[str, float]:
-  term = lengths[~truncated]
-  out = {f"{prefix}mean_length": float(lengths.mean()), f"{prefix}min_length": float(lengths.min()),
-         f"{prefix}max_length": float(lengths.max()), f"{prefix}clipped_ratio": float(truncated.mean())}
-  out[f"{prefix}mean_terminated_length"] = float(term.mean()) if len(term) else 0.0
-  out[f"{prefix}min_terminated_length"] = float(term.min()) if len(term) else 0.0
-  out[f"{prefix}max_terminated_length"] = float(term.max()) if len(term) else 0.0
-  return out
-
-
-def reward_stats(total: np.ndarray, comps: dict[str, np.ndarray], group_size: int) -> dict[str, float]:
-  """TRL's reward metrics: reward, reward_std (mean of the groups' stds), rewards/<name>/mean|std,
-  frac_reward_zero_std (groups with nothing to learn from)."""
-  groups = total.reshape(-1, group_size)
-  std = groups.std(axis=1, ddof=1) if group_size > 1 else np.zeros(len(groups))
-  out = {"reward": float(total.mean()), "reward_std": float(std.mean()),
-         "frac_reward_zero_std": float(np.isclose(std, 0.0).mean())}
-  for name, v in comps.items():
-    out[f"rewards/{name}/mean"] = float(v.mean())
-    out[f"rewards/{name}/std"] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
-  return out
-
-
 def grpo_progress_line(step: int, total: int, m: dict, eta_s: float | None = None) -> str:
   """The progress line with what tells whether GRPO works in place of its loss (~0 by construction at mu = 1)."""
   head = [f"reward {m.get('reward', 0):.3f} (std {m.get('reward_std', 0):.3f})"]
@@ -284,85 +149,6 @@ def grpo_progress_line(step: int, total: int, m: dict, eta_s: float | None = Non
   head += [f"kl {m.get('kl', 0):.4f}",
            f"len {m.get('completions/mean_length', 0):.0f} (cut {100 * m.get('completions/clipped_ratio', 0):.0f}%)"]
   return metrics_lib.progress_line(step, total, m, eta_s, head=head)
-
-
-# ---------------------------------------------------------------------------------------------- reference
-
-REFERENCE_FILE = "grpo_reference.json"
-
-
-def pin_init(config, source: runner.ModelSource, workdir: str) -> dict:
-  """A fresh run: resolves the checkpoint it starts from ("latest" becomes a step number), makes the policy load
-  exactly that one (config.init.step) and records it in workdir/grpo_reference.json, so the reference policy
-  of a resumed run is the same. Returns the record."""
-  from tinyrs_jax.checkpoint import orbax_io, sidecar
-  rec = {"init": source.init, "init_path": source.init_path, "step": None}
-  if source.init == "workdir":
-    found = sidecar.find_checkpoint(source.init_path)
-    init_dir, step = found if found else (source.init_path, None)
-    if step is None:
-      want = int(config.init.get("step", -1))
-      step = want if want >= 0 else orbax_io.latest_step(init_dir)
-    if step is None:
-      raise FileNotFoundError(f"init.workdir {source.init_path} holds no checkpoint")
-    rec.update(init_path=init_dir, step=int(step))
-    config.init.step = int(step)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, REFERENCE_FILE), "w") as f:
-      json.dump(rec, f)
-  return rec
-
-
-def load_reference(config, source: runner.ModelSource, workdir: str, model: state_lib.Model, shardings,
-                   compute_dtype) -> dict:
-  """The frozen reference: the run's initial parameters, held once in the compute dtype, sharded like the
-  policy. A resumed run reloads exactly the checkpoint recorded by pin_init and refuses when it is gone."""
-  from tinyrs_jax.checkpoint import sidecar
-  if source.init == "resume":
-    path = os.path.join(workdir, REFERENCE_FILE)
-    if os.path.exists(path):
-      with open(path) as f:
-        rec = json.load(f)
-    else:  # a workdir from before the record existed
-      marker = sidecar.read_marker(workdir)
-      rec = {"init": marker.get("init", "random"), "init_path": marker.get("init_path"), "step": None}
-      logging.warning("%s has no %s: the reference is reloaded from %s at its latest step", workdir,
-                      REFERENCE_FILE, rec["init_path"])
-    init, init_path = rec["init"], rec["init_path"]
-    if init == "workdir" and rec.get("step") is not None:
-      init_path = os.path.join(init_path, sidecar.CHECKPOINTS_DIR, str(int(rec["step"])))
-      if not os.path.isdir(init_path):
-        raise FileNotFoundError(
-            f"the reference policy of this GRPO run, {rec['init_path']} at step {rec['step']} (recorded in "
-            f"{path}), is gone: {init_path} does not exist. The KL term is to the policy the run started from; "
-            "restore that checkpoint, or start a new run in a fresh workdir.")
-    if init == "hf" and not os.path.isdir(str(init_path)):
-      raise FileNotFoundError(f"the reference policy of this GRPO run, the Hugging Face folder {init_path} "
-                              f"(recorded in {path}), is gone")
-    source = runner.ModelSource(source.cfg, source.tokenizer_dir, init, init_path)
-  params = runner.load_frozen_params(config, source, model, shardings.params, compute_dtype)
-  logging.info("reference model: %s (%s), held in %s", source.init_path or "random init", source.init,
-               jnp.dtype(compute_dtype).name)
-  return params
-
-
-def check_verifiable(records: list, allow: bool) -> int:
-  """Counts the training prompts without a verifiable answer (scoring.is_verifiable: a reference answer, or a
-  box for grounding; the accuracy reward scores them 0). Refuses with the first one's file and line unless
-  `allow` (grpo.allow_unverifiable), in which case they are logged. Returns the count."""
-  from tinyrs_jax.rewards import scoring
-  bad = [r for r in records if not scoring.is_verifiable(
-      {"task": r.task, "answer": r.answer, "boxes": list(r.boxes)})]
-  if not bad:
-    return 0
-  first = ", ".join(f"{r.source or '?'}:{r.line if r.line is not None else '?'} (id {r.id!r}, task {r.task})"
-                    for r in bad[:3])
-  msg = (f"{len(bad)} of {len(records)} training prompts have no verifiable answer (no reference answer, or no "
-         f"box for grounding); the accuracy reward scores them 0. First: {first}")
-  if not allow:
-    raise ValueError(msg + ". Remove them, or set --config.grpo.allow_unverifiable=True to train on them.")
-  logging.warning("%s (grpo.allow_unverifiable=True: trained on)", msg)
-  return len(bad)
 
 
 # ------------------------------------------------------------------------------------------- one GRPO step
@@ -396,8 +182,8 @@ class GRPOStep:
     self.mask_truncated = bool(g.mask_truncated_completions)
     self.grad_accum = int(config.get("grad_accum_steps", 1))
     self.seed = int(config.seed)
-    self.pad_id = model.cfg.pad_token_id if model.cfg.pad_token_id is not None else 0
-    self._completions, self._completions_args = None, (tokenizer_dir, eos_ids)
+    self.sampler = Sampler(model, mesh, tokenizer_dir=tokenizer_dir, eos_ids=eos_ids, max_new_tokens=self.max_new)
+    self.pad_id = self.sampler.pad_id
     self.scorer = RewardScorer(weights, reward_options, float(g.get("reward_timeout_s", 600)))
     # completion widths the update compiles for: quarters of max_new_tokens (at most 4 shapes per prompt width)
     quarter = max(-(-self.max_new // 4), 1)
@@ -423,10 +209,7 @@ class GRPOStep:
   @property
   def completions(self) -> Completions:
     """The decoder (its tokenizer loaded on first use)."""
-    if self._completions is None:
-      tokenizer_dir, eos_ids = self._completions_args
-      self._completions = Completions(tokenizer_dir, eos_ids, self.max_new)
-    return self._completions
+    return self.sampler.completions
 
   @property
   def num_compiles(self) -> int:
@@ -435,18 +218,10 @@ class GRPOStep:
 
   # ---------------------------------------------------------------------------------------------- rollout
 
-  def prompts_static(self, host_batch: dict) -> dict:
-    """The pipeline's prompt batch as the sampler takes it (its width kept: every process pads alike)."""
-    return gen_lib.left_pad_prompts({k: host_batch[k] for k in input_lib.PROMPT_KEYS}, pad_token_id=self.pad_id,
-                                    patch_dim=self.model.cfg.vision.patch_dim,
-                                    length_buckets=(host_batch["input_ids"].shape[1],))
-
-  def rollout(self, params, static: dict, *, seed, greedy: bool) -> gen_lib.Generation:
-    return gen_lib.generate(self.model.merge(params), static, max_new_tokens=self.max_new,
-                            temperature=0.0 if greedy else self.temperature, top_k=self.top_k, top_p=self.top_p,
-                            seed=seed, eos_token_ids=sorted(self.completions.eos),
-                            num_samples=1 if greedy else self.group, length_buckets=(static["input_ids"].shape[1],),
-                            mesh=self.mesh)
+  def rollout(self, params, static: dict, *, seed) -> gen_lib.Generation:
+    """The G samples of every prompt of a sampler.prompt_batch (benchmarks/grpo_step.py times this call)."""
+    return self.sampler.generate(params, static, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                                 seed=seed, num_samples=self.group)
 
   def examples_for(self, meta, lengths, truncated, per_prompt: int) -> list[dict]:
     return [{**meta[i // per_prompt], "completion_length": int(lengths[i]), "max_completion_length": self.max_new,
@@ -455,8 +230,8 @@ class GRPOStep:
   def sample(self, params, host_batch: dict, step: int, attempt: int = 0) -> dict:
     """One rollout batch of this process's prompts: completions, rewards and what the update needs (host).
     The sampling key follows (config.seed, step, attempt), so a resumed run draws the same completions."""
-    static = self.prompts_static(host_batch)
-    gen = self.rollout(params, static, seed=rollout_key(self.seed, step, attempt), greedy=False)
+    static = self.sampler.prompt_batch(host_batch)
+    gen = self.rollout(params, static, seed=rollout_key(self.seed, step, attempt))
     texts, lengths, truncated = self.completions.decode(gen)
     examples = self.examples_for(host_batch["meta"], lengths, truncated, self.group)
     total, comps = self.scorer(texts, examples)
@@ -621,66 +396,6 @@ class TrainStep:
                     {k[2:]: v for k, v in r.items() if k.startswith("c/")}, batch_advantages(batch),
                     self.num_samples_logged)
     return state, dev_metrics, host
-
-
-class HeldOutEval:
-  """`evaluate(state, step)` for loop.run_loop: greedy completions for the validation prompts, scored by the
-  training rewards (eval/reward, eval/rewards/<name>; format and accuracy always, also at training weight 0),
-  per task (eval/accuracy/<task>) and by the evaluation suite's two rule sets (eval/strict/*, eval/tinyrs/*).
-  Padding rows are never scored."""
-
-  def __init__(self, grpo_step: GRPOStep, eval_prompts, config):
-    self.s, self.eval_prompts = grpo_step, eval_prompts
-    self.weights = grpo_step.weights
-    self.eval_weights = eval_reward_weights(self.weights)
-    self.score_kw = dict(answer_tag=config.grpo.answer_tag, think_tags=(config.grpo.think_tag,))
-
-  def score_batch(self, texts: list[str], examples: list[dict]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(the training mixture's total, every eval reward's values) of one batch; padding rows get 0."""
-    _, comps = self.s.scorer(texts, examples, self.eval_weights)
-    total = sum(self.weights[k] * comps[k] for k in self.weights if self.weights[k] != 0)
-    return np.asarray(total, np.float32), comps
-
-  def __call__(self, state, step: int) -> dict:
-    from tinyrs_jax.data.records import TASKS
-    from tinyrs_jax.evaluation import evaluator as eval_lib
-    from tinyrs_jax.evaluation import metrics as eval_metrics
-    from tinyrs_jax.evaluation import rules as eval_rules
-    s, eval_weights = self.s, self.eval_weights
-    rows = {"is_padding": [], "task": [], "lengths": [], "truncated": [], "total": [],
-            **{f"c/{k}": [] for k in eval_weights}}
-    scored = []  # the evaluation suite's rows (both rule sets), this process's
-    for host_batch in self.eval_prompts:
-      gen = s.rollout(state.params, s.prompts_static(host_batch), seed=0, greedy=True)
-      texts, lengths, truncated = s.completions.decode(gen)
-      examples = s.examples_for(host_batch["meta"], lengths, truncated, 1)
-      scored += [{"task": ex.get("task"), **eval_rules.score(t, ex, **self.score_kw)}
-                 for t, ex in zip(texts, examples) if not ex.get("is_padding")]
-      total, comps = self.score_batch(texts, examples)
-      task_ids = [list(TASKS).index(m["task"]) if m.get("task") in TASKS else -1 for m in host_batch["meta"]]
-      for key, v in (("is_padding", [bool(m.get("is_padding")) for m in host_batch["meta"]]), ("task", task_ids),
-                     ("lengths", lengths), ("truncated", truncated), ("total", total),
-                     *((f"c/{k}", comps[k]) for k in eval_weights)):
-        rows[key].append(gather_rows(np.asarray(v)))
-    cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in rows.items()}
-    keep = ~cat["is_padding"].astype(bool)
-    r = {"eval/reward": float(cat["total"][keep].mean()) if keep.any() else 0.0, "eval/num_prompts": int(keep.sum())}
-    for k in eval_weights:
-      r[f"eval/rewards/{k}"] = float(cat[f"c/{k}"][keep].mean()) if keep.any() else 0.0
-    tasks = np.asarray(cat["task"], np.int64)
-    for t in sorted(set(tasks[keep].tolist())):
-      sel = keep & (tasks == t)
-      name = list(TASKS)[t] if t >= 0 else "unknown"
-      r[f"eval/accuracy/{name}"] = float(cat["c/accuracy"][sel].mean())
-    if keep.any():
-      r.update(completion_stats(cat["lengths"][keep].astype(np.int32), cat["truncated"][keep].astype(bool),
-                                prefix="eval/completions/"))
-    r.update(eval_lib.flat_metrics(eval_metrics.aggregate(eval_lib.gather_scored_rows(scored),
-                                                          caption_metrics=False)))
-    logging.info("eval step %d over %d prompts: reward %.3f | %s | per task: %s", step, r["eval/num_prompts"],
-                 r["eval/reward"], " ".join(f"{k} {r[f'eval/rewards/{k}']:.3f}" for k in eval_weights),
-                 " ".join(f"{k[14:]} {v:.3f}" for k, v in r.items() if k.startswith("eval/accuracy/")))
-    return r
 
 
 def check_config(config, mesh) -> None:

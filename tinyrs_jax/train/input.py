@@ -186,9 +186,6 @@ class EvalData:
 
 # ------------------------------------------------------------------------------------------- prompts (GRPO)
 
-PROMPT_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")
-
-
 def read_prompt_records(config, spec: DataSpec) -> list:
   """The training prompts' records (read once; pass them to make_prompt_iterator)."""
   from tinyrs_jax.data import pipeline
