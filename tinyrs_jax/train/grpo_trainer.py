@@ -30,9 +30,9 @@ the loop's evaluate); train/grpo_policy.py the starting policy and the reference
 load_reference). What a user sees on each failure path: docs/grpo.md.
 
 Held-out evaluation (at the start, every eval.every_steps and at the end): greedy completions for the validation
-prompts (the evaluation run's path), scored by the same rewards: eval/reward, eval/rewards/<name>, eval/accuracy/<task>; and by the evaluation
-suite's two rule sets (tinyrs_jax/evaluation): eval/strict/<metric>, eval/tinyrs/<metric>. A health monitor
-(train/grpo_monitor.py) warns once per condition when a run goes wrong.
+prompts (the evaluation run's path), scored by the same rewards: eval/reward, eval/rewards/<name>,
+eval/accuracy/<task>; and by the evaluation suite's two rule sets (tinyrs_jax/evaluation): eval/strict/<metric>,
+eval/tinyrs/<metric>. A health monitor (train/grpo_monitor.py) warns once per condition when a run goes wrong.
 """
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ from tinyrs_jax.train import losses as losses_lib
 from tinyrs_jax.train import metrics as metrics_lib
 from tinyrs_jax.train import runner
 from tinyrs_jax.train import state as state_lib
-# The run's other pieces, importable from here as before (tools/aot, tests):
+# The run's other pieces (their names stay importable from here):
 from tinyrs_jax.train.grpo_eval import HeldOutEval
 from tinyrs_jax.train.grpo_policy import ensure_demo_policy, load_reference, pin_init
 from tinyrs_jax.train.grpo_rewards import (RewardFailure, RewardScorer, check_verifiable, completion_stats,
