@@ -33,7 +33,21 @@ class Completions:
 def eos_ids(tokenizer_dir: str, model_eos_id: int | None = None) -> list[int]:
   """The stop tokens: the tokenizer's eos ids and the model config's eos_token_id."""
   from tinyrs_jax.data.tokenizer import Tokenizer
-  ids = list(Tokenizer.from_folder(tokenizer_dir).eos_ids)
+  return stop_ids(Tokenizer.from_folder(tokenizer_dir).eos_ids, model_eos_id)
+
+
+def stop_ids(tokenizer_eos_ids, model_eos_id: int | None = None) -> list[int]:
+  """The tokenizer's eos ids, then the model's eos_token_id when it is not among them."""
+  ids = [int(i) for i in tokenizer_eos_ids]
   if model_eos_id is not None and model_eos_id not in ids:
-    ids.append(model_eos_id)
+    ids.append(int(model_eos_id))
   return ids
+
+
+def config_eos_ids(cfg) -> list[int]:
+  """The stop tokens named by a model config alone, for tools/aot (no tokenizer): a Qwen2-VL tokenizer stops on
+  its eos token and <|endoftext|> (Tokenizer.eos_ids), which the config holds as eos_token_id and pad_token_id
+  (presets.with_tokenizer takes both from the tokenizer). Ids that only a generation_config.json adds are not
+  known here."""
+  named = [i for i in (cfg.eos_token_id, cfg.pad_token_id) if i is not None]
+  return stop_ids(dict.fromkeys(named), cfg.eos_token_id)

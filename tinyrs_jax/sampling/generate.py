@@ -166,18 +166,76 @@ decode_loop = jax.jit(_decode_impl, static_argnames=("graphdef", "buffer", "mode
 decode_loop_unrolled = jax.jit(_decode_impl, static_argnames=("graphdef", "buffer", "mode", "unroll_layers"))
 
 
-def _constrain_cache(cache: KVCache) -> KVCache:
+# The cache's logical axes: k and v stacked (layers, B, S, kv_heads, head_dim), or per layer without "layers"
+# (decode_loop_unrolled); key_mask (B, S).
+CACHE_AXES = ("layers", "batch", "length", "act_kv_heads", None)
+MASK_AXES = ("batch", "length")
+
+
+def _map_cache(cache: KVCache, fn) -> KVCache:
+  """fn(array, logical axes) over a cache's arrays, stacked or per layer."""
   if isinstance(cache.k, tuple):
-    names = ("batch", "length", "act_kv_heads", None)
-    k = tuple(sharding.constrain(x, names) for x in cache.k)
-    v = tuple(sharding.constrain(x, names) for x in cache.v)
+    k, v = (tuple(fn(x, CACHE_AXES[1:]) for x in t) for t in (cache.k, cache.v))
   else:
-    names = ("layers", "batch", "length", "act_kv_heads", None)
-    k, v = sharding.constrain(cache.k, names), sharding.constrain(cache.v, names)
-  return KVCache(k, v, sharding.constrain(cache.key_mask, ("batch", "length")))
+    k, v = fn(cache.k, CACHE_AXES), fn(cache.v, CACHE_AXES)
+  return KVCache(k, v, fn(cache.key_mask, MASK_AXES))
+
+
+def _constrain_cache(cache: KVCache) -> KVCache:
+  return _map_cache(cache, sharding.constrain)
+
+
+def cache_shardings(cache: KVCache, mesh, rules=sharding.DEFAULT_RULES) -> KVCache:
+  """The shardings prefill and the decode loop give a cache (arrays or ShapeDtypeStructs) on `mesh`: the
+  placement decode_loop's cache argument has (tools/aot lowers the loop with it)."""
+  return _map_cache(cache, lambda x, names: sharding.named_sharding(mesh, names, x.shape, rules))
 
 
 # ---------------------------------------------------------------------------------------------- entry point
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """What one generate() call compiles prefill and the decode loop for (their static arguments)."""
+  cache_size: int  # prompt length + buffer
+  buffer: int  # generated-token slots: max_new_tokens rounded up to a bucket
+  num_samples: int
+  mode: str  # greedy | sample | sample_filtered
+  unroll_layers: bool  # XLA:CPU's decode variant (see _decode_impl)
+
+  def prefill_static(self) -> dict:
+    return dict(cache_size=self.cache_size, num_samples=self.num_samples, mode=self.mode)
+
+  def decode_static(self) -> dict:
+    return dict(buffer=self.buffer, mode=self.mode, unroll_layers=self.unroll_layers)
+
+  @property
+  def decode_fn(self):
+    return decode_loop_unrolled if self.unroll_layers else decode_loop
+
+
+def plan(cfg, prompt_len: int, max_new_tokens: int, *, temperature: float, top_k: int, top_p: float,
+         num_samples: int, mesh=None, new_token_buckets: Sequence[int] = NEW_TOKEN_BUCKETS) -> Plan:
+  """The static settings of a generation of `max_new_tokens` after prompts padded to `prompt_len`, on `mesh`
+  (None: JAX's default devices); raises on settings generate() refuses. tools/aot lowers the rollouts with it."""
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+  if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
+    raise ValueError(f"bad sampling settings: temperature={temperature}, top_k={top_k}, top_p={top_p}")
+  buffer = batch_lib.round_up_to_bucket(max_new_tokens, new_token_buckets)
+  cache_size = prompt_len + buffer
+  if cache_size > cfg.text.max_position_embeddings:
+    raise ValueError(f"prompt ({prompt_len}) + generation buffer ({buffer}) exceeds the model's "
+                     f"{cfg.text.max_position_embeddings} positions")
+  mode = "greedy" if temperature == 0 else ("sample" if top_k == 0 and top_p >= 1.0 else "sample_filtered")
+  return Plan(cache_size, buffer, num_samples, mode, unroll_layers=_platform(mesh) == "cpu")
+
+
+def eos_array(eos_token_ids) -> np.ndarray:
+  """decode_loop's stop tokens: an id, a list of ids, or None; [-1] (matches no token) when there are none, so
+  generation runs exactly max_new_tokens."""
+  eos = [] if eos_token_ids is None else ([eos_token_ids] if np.isscalar(eos_token_ids) else list(eos_token_ids))
+  return np.asarray(eos or [-1], np.int32)
+
 
 def left_pad_prompts(batch: dict, *, pad_token_id: int, patch_dim: int,
                      length_buckets: Sequence[int] = batch_lib.DEFAULT_LENGTH_BUCKETS) -> dict:
@@ -233,10 +291,6 @@ def generate(model, batch: dict, *, max_new_tokens: int, temperature: float = 0.
              new_token_buckets: Sequence[int] = NEW_TOKEN_BUCKETS, mesh=None, return_device_arrays=False):
   """Samples `num_samples` completions per prompt. See the module docstring; returns a `Generation`."""
   cfg = model.cfg
-  if max_new_tokens < 1:
-    raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-  if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
-    raise ValueError(f"bad sampling settings: temperature={temperature}, top_k={top_k}, top_p={top_p}")
   pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else 0
   static = left_pad_prompts(batch, pad_token_id=pad_id, patch_dim=cfg.vision.patch_dim,
                             length_buckets=length_buckets)
@@ -245,15 +299,10 @@ def generate(model, batch: dict, *, max_new_tokens: int, temperature: float = 0.
     static = rows_own_slots(static, cfg.image_token_id, cfg.vision.merge_unit)
   batch_lib.check_image_tokens(static["input_ids"], static["image_grid_thw"], cfg.image_token_id,
                                cfg.vision.merge_unit)
-  buffer = batch_lib.round_up_to_bucket(max_new_tokens, new_token_buckets)
   prompt_len = static["input_ids"].shape[1]
-  cache_size = prompt_len + buffer
-  if cache_size > cfg.text.max_position_embeddings:
-    raise ValueError(f"prompt ({prompt_len}) + generation buffer ({buffer}) exceeds the model's "
-                     f"{cfg.text.max_position_embeddings} positions")
-  mode = "greedy" if temperature == 0 else ("sample" if top_k == 0 and top_p >= 1.0 else "sample_filtered")
-  eos = [] if eos_token_ids is None else ([eos_token_ids] if np.isscalar(eos_token_ids) else list(eos_token_ids))
-  eos = np.asarray(eos or [-1], np.int32)  # -1 matches no token: generate exactly max_new_tokens
+  settings = plan(cfg, prompt_len, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                  num_samples=num_samples, mesh=mesh, new_token_buckets=new_token_buckets)
+  eos = eos_array(eos_token_ids)
   graphdef, state = nnx.split(model)
   key = seed if isinstance(seed, jax.Array) else jax.random.key(seed)  # an int seed, or a key
   rng_prefill, rng_decode = jax.random.split(key)
@@ -268,15 +317,12 @@ def generate(model, batch: dict, *, max_new_tokens: int, temperature: float = 0.
       arrays = {k: sharding.host_to_global(v, sharding.named_sharding(
           mesh, ("images" if k in ("pixel_values", "image_grid_thw") else "batch",) + (None,) * (v.ndim - 1),
           _global_rows(v.shape)), what=f"generate: {k}") for k, v in static.items()}
-    unroll = _platform(mesh) == "cpu"
     cache, first, first_lp, next_pos = prefill(
         graphdef, state, arrays["input_ids"], arrays["attention_mask"], arrays["pixel_values"],
-        arrays["image_grid_thw"], rng_prefill, *scalars, cache_size=cache_size, num_samples=num_samples,
-        mode=mode)
-    tokens, logprobs, lengths, _ = (decode_loop_unrolled if unroll else decode_loop)(
+        arrays["image_grid_thw"], rng_prefill, *scalars, **settings.prefill_static())
+    tokens, logprobs, lengths, _ = settings.decode_fn(
         graphdef, state, cache, first, first_lp, next_pos, jnp.int32(prompt_len), jnp.int32(max_new_tokens),
-        rng_decode, *scalars, jnp.asarray(eos), jnp.int32(pad_id), buffer=buffer, mode=mode,
-        unroll_layers=unroll)
+        rng_decode, *scalars, jnp.asarray(eos), jnp.int32(pad_id), **settings.decode_static())
   tokens, logprobs = tokens[:, :max_new_tokens], logprobs[:, :max_new_tokens]
   if not return_device_arrays:  # this process's rows (all rows with one process)
     tokens, logprobs, lengths = (sharding.global_to_host(x) for x in (tokens, logprobs, lengths))

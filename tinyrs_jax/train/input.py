@@ -25,6 +25,7 @@ from tinyrs_jax.train.random_batches import RandomBatches, random_batch  # noqa:
 # ------------------------------------------------------------------------------------ config -> inputs
 
 ARRAY_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "loss_mask")
+IMAGES_PER_ROW = 1  # image slots per batch row: a Record holds one image (data/records.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,11 +96,13 @@ def _buckets(d, name, default):
 
 
 def pipeline_kwargs(config) -> dict:
+  """The make_dataset settings every trainer's data uses (tools/aot builds its shapes from them too)."""
   from tinyrs_jax.models import batch as batch_lib
   d = config.data
   return dict(length_buckets=_buckets(d, "length_buckets", batch_lib.DEFAULT_LENGTH_BUCKETS),
               patch_buckets=_buckets(d, "patch_buckets", batch_lib.DEFAULT_PATCH_BUCKETS),
-              max_length=int(d.max_length), worker_count=int(d.get("num_workers", 0)),
+              max_images_per_row=IMAGES_PER_ROW, max_length=int(d.max_length),
+              worker_count=int(d.get("num_workers", 0)),
               read_threads=int(d.get("read_threads", 1)))
 
 

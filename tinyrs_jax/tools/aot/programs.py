@@ -59,15 +59,16 @@ class _ImagesOnly:
 
 
 def stage_shapes(config) -> dict:
-  """The largest shapes the stage's data can produce: length bucket, patches per image slot."""
+  """The largest row the stage's data can produce, from the pipeline's own max_batch_shapes with the settings the
+  trainers give it (input.pipeline_kwargs): length bucket, patches per image slot, image slots per row."""
   from tinyrs_jax.data import pipeline
-  from tinyrs_jax.models import batch as batch_lib
-  d = config.data
-  lb = tuple(d.length_buckets) or batch_lib.DEFAULT_LENGTH_BUCKETS
-  pb = tuple(d.patch_buckets) or batch_lib.DEFAULT_PATCH_BUCKETS
-  lengths, patches = pipeline.usable_buckets(_ImagesOnly(_image_cfg(config)), max_length=int(d.max_length),
-                                             length_buckets=lb, patch_buckets=pb)
-  return {"length": lengths[-1], "patches": patches[-1], "images_per_row": 1}
+  from tinyrs_jax.train import input as input_lib
+  kw = input_lib.pipeline_kwargs(config)
+  shapes = pipeline.max_batch_shapes(_ImagesOnly(_image_cfg(config)), batch_size=1, mode="prompt",
+                                     **{k: kw[k] for k in ("max_length", "length_buckets", "patch_buckets",
+                                                          "max_images_per_row")})
+  slots, patches, _ = shapes["pixel_values"].shape
+  return {"length": shapes["input_ids"].shape[1], "patches": patches, "images_per_row": slots}
 
 
 def build_programs(config, mesh) -> tuple[list[Program], dict]:
@@ -78,8 +79,8 @@ def build_programs(config, mesh) -> tuple[list[Program], dict]:
   from flax import nnx
 
   from tinyrs_jax import sharding as sharding_lib
-  from tinyrs_jax.models import batch as batch_lib
   from tinyrs_jax.models import presets
+  from tinyrs_jax.sampling import completions
   from tinyrs_jax.sampling import generate as gen_lib
   from tinyrs_jax.train import input as input_lib
   from tinyrs_jax.train import losses as losses_lib
@@ -162,38 +163,40 @@ def build_programs(config, mesh) -> tuple[list[Program], dict]:
   f32, i32 = jax.ShapeDtypeStruct((), jnp.float32), jax.ShapeDtypeStruct((), jnp.int32)
   rep = state_lib.replicated(mesh)
   with_rep = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep)  # noqa: E731
-  unroll = False  # TPU / GPU: decode scans the stacked layers (no weight copy)
+  # decode's stop tokens: the trainers' set is the tokenizer's eos ids and the config's (completions.eos_ids); without
+  # a tokenizer the config names them (completions.config_eos_ids), so the array has the run's shape
+  eos = jax.eval_shape(lambda: jnp.asarray(gen_lib.eos_array(completions.config_eos_ids(cfg))))
 
-  def rollout(name, params, live_arg, rows, *, samples, max_new, mode):
-    """prefill + decode_loop of sampling/generate.py for `rows` prompts x `samples`, `max_new` new tokens."""
+  def rollout(name, params, live_arg, rows, *, samples, max_new, temperature, top_k=0, top_p=1.0):
+    """prefill + decode loop of sampling/generate.py for `rows` prompts x `samples`, `max_new` new tokens, with
+    the static settings generate() derives (gen_lib.plan) and the trainers' stop-token count."""
     graphdef, state = nnx.split(model.merge(params))
-    buffer = batch_lib.round_up_to_bucket(max_new, gen_lib.NEW_TOKEN_BUCKETS)
+    plan = gen_lib.plan(cfg, length, max_new, temperature=temperature, top_k=top_k, top_p=top_p,
+                        num_samples=samples, mesh=mesh)
     prompt = {"input_ids": sds((rows, length), jnp.int32), "attention_mask": sds((rows, length), jnp.int32),
               "pixel_values": sds((rows * m, patches, patch_dim), jnp.float32),
               "image_grid_thw": sds((rows * m, 3), jnp.int32)}
     b, _ = placed(prompt, False)
     args = (state, b["input_ids"], b["attention_mask"], b["pixel_values"], b["image_grid_thw"], with_rep(key),
             with_rep(f32), with_rep(i32), with_rep(f32))
-    static = dict(cache_size=length + buffer, num_samples=samples, mode=mode)
 
     def lower_prefill():
       with sharding_lib.use_mesh(mesh):
-        return gen_lib.prefill.lower(graphdef, *args, **static)
+        return gen_lib.prefill.lower(graphdef, *args, **plan.prefill_static())
 
     n = rows * samples
     row_sh = sharding_lib.named_sharding(mesh, ("batch",), (n,))
 
     def lower_decode():
       with sharding_lib.use_mesh(mesh):
-        out = jax.eval_shape(lambda *a: gen_lib.prefill(graphdef, *a, **static), *args)
-        cache_sh = _cache_shardings(out[0], mesh)
-        cache = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), out[0], cache_sh)
+        out = jax.eval_shape(lambda *a: gen_lib.prefill(graphdef, *a, **plan.prefill_static()), *args)
+        cache = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), out[0],
+                             gen_lib.cache_shardings(out[0], mesh))
         tok = jax.ShapeDtypeStruct((n,), jnp.int32, sharding=row_sh)
         lp = jax.ShapeDtypeStruct((n,), jnp.float32, sharding=row_sh)
-        return gen_lib.decode_loop.lower(graphdef, state, cache, tok, lp, tok, with_rep(i32), with_rep(i32),
-                                         with_rep(key), with_rep(f32), with_rep(i32), with_rep(f32),
-                                         jax.ShapeDtypeStruct((2,), jnp.int32, sharding=rep), with_rep(i32),
-                                         buffer=buffer, mode=mode, unroll_layers=unroll)
+        return plan.decode_fn.lower(graphdef, state, cache, tok, lp, tok, with_rep(i32), with_rep(i32),
+                                    with_rep(key), with_rep(f32), with_rep(i32), with_rep(f32), with_rep(eos),
+                                    with_rep(i32), **plan.decode_static())
 
     # rollout FLOPs: prefill of the prompts, then one token per sample per step (forward only: 1/3 of training)
     fwd = host_flops(rows, length, rows * m, supervised=False) / 3.0
@@ -224,7 +227,7 @@ def build_programs(config, mesh) -> tuple[list[Program], dict]:
                           model.abstract_params, sh.params)
     rows = int(e.batch_size)
     input_lib.check_batch_split(rows, data_axes, 1, "eval.batch_size")
-    progs = rollout("generate", params, "params", rows, samples=1, max_new=int(e.max_new_tokens), mode="greedy")
+    progs = rollout("generate", params, "params", rows, samples=1, max_new=int(e.max_new_tokens), temperature=0.0)
     if e.get("mc_mode", "generate") == "loglik":  # multiple choice scored by each option's log-probability
       progs.append(option_scoring(params, rows))
     return progs, {"params": params}
@@ -240,9 +243,8 @@ def build_programs(config, mesh) -> tuple[list[Program], dict]:
   if beta != 0:  # the frozen reference policy, held in the compute dtype, sharded like the params
     live["ref_params"] = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, compute_dtype, sharding=s),
                                       model.abstract_params, sh.params)
-  sample_mode = "sample" if int(g.top_k) == 0 and float(g.top_p) >= 1.0 else "sample_filtered"
   programs += rollout("rollout", abstract.params, "train_state.params", prompts, samples=group, max_new=max_new,
-                      mode=sample_mode)
+                      temperature=float(g.temperature), top_k=int(g.top_k), top_p=float(g.top_p))
   pm = prompts // accum
   n_micro = pm * group
   shapes_of = {"prompt_ids": (pm, length), "prompt_mask": (pm, length), "pixel_values": (pm * m, patches, patch_dim),
@@ -274,14 +276,6 @@ def build_programs(config, mesh) -> tuple[list[Program], dict]:
   eval_rows = int(config.eval.get("batch_size", 0) or config.batch_size)
   input_lib.check_batch_split(eval_rows, data_axes, 1, "eval batch size")
   programs += rollout("eval", abstract.params, "train_state.params", eval_rows, samples=1, max_new=max_new,
-                      mode="greedy")
+                      temperature=0.0)
   return programs, live
 
-
-def _cache_shardings(cache, mesh):
-  """The shardings prefill gives its cache (generate.py's _constrain_cache), for decode's arguments."""
-  from tinyrs_jax import sharding as sharding_lib
-  names = ("layers", "batch", "length", "act_kv_heads", None)
-  return type(cache)(sharding_lib.named_sharding(mesh, names, cache.k.shape),
-                     sharding_lib.named_sharding(mesh, names, cache.v.shape),
-                     sharding_lib.named_sharding(mesh, ("batch", "length"), cache.key_mask.shape))
