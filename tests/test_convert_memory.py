@@ -23,7 +23,7 @@ MAKE = textwrap.dedent("""
 """)
 
 LOAD = textwrap.dedent("""
-    import resource, sys
+    import sys
     import jax, numpy as np
     from flax import nnx
     import tinyrs_jax
@@ -33,7 +33,9 @@ LOAD = textwrap.dedent("""
       return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
     base = rss_mb()
     m = tinyrs_jax.load(sys.argv[1])
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM is this address space's own high-water mark. ru_maxrss is not: Linux carries the parent's peak over
+    # exec (a vfork'd child reports its parent's), so a pytest worker that had run big tests failed this check.
+    peak = int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1]) / 1024
     n = sum(x.size for x in jax.tree.leaves(nnx.state(m, nnx.Param)))
     print(f"PARAMS_MB {n * 4 / 2**20:.0f} PEAK_OVER_BASE_MB {peak - base:.0f}")
 """)
