@@ -96,3 +96,18 @@ def pytest_runtest_makereport(item, call):
   report = yield  # pytest.skip / importorskip inside a test or fixture
   _fail_hidden_skip(report)
   return report
+
+
+# ------------------------------------------------------------------ two workers: the longest modules first
+# The test command runs two pytest-xdist workers, each taking whole modules (--dist loadfile) in collection order
+# (--no-loadscope-reorder; xdist would otherwise order them by test count). Handing out the longest modules first
+# keeps one worker from starting a 5-minute module while the other has run out of work. The order is only a
+# schedule: measured cold-run times (docs/testing.md), longest first; unlisted modules follow in name order.
+LONGEST_FIRST = ("test_aot.py", "test_grpo_e2e.py", "test_train_e2e.py", "test_eval_e2e.py", "test_ablate.py",
+                 "test_grpo_trainer.py", "test_train_step.py", "test_generate.py", "test_vision_chunked.py",
+                 "test_model_parity.py", "test_demo_seeds.py", "test_losses.py", "test_grpo_paths.py")
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(os.path.basename(str(item.fspath)), len(rank)))

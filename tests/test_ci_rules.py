@@ -134,7 +134,7 @@ def test_readme_first_block_is_the_main_job_and_the_test_command_is_what_ci_runs
   ci_lines = [l for l in _read(".ci", "run").splitlines() if l.strip() and not l.lstrip().startswith("#")]
   test_command = next(l for l in ci_lines if "pytest" in l)
   assert blocks[1] == test_command, (blocks[1], test_command)
-  assert test_command == 'pip install -e ".[test]" && python -m pytest -q -n 2 --dist loadfile --durations=25 tests'
+  assert test_command == 'pip install -e ".[test]" && python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=25 tests'
   assert '"pytest-xdist"' in _read("setup.py"), "-n 2 needs pytest-xdist in the test extra"
   assert _fenced_blocks(_read("docs", "testing.md"))[0] == test_command
 

@@ -12,8 +12,6 @@ import jax
 import numpy as np
 import pytest
 
-import conftest  # CPU_TEST_FLAGS
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # A tiny run on random batches: 6 steps, checkpoints every 2, evals every 3.
@@ -30,7 +28,9 @@ PIPELINE = ["--config=configs/pretrain.py:demo", "--config.batch_size=4", "--con
 
 def env(devices: int = 1) -> dict:
   e = dict(os.environ)
-  e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} {conftest.CPU_TEST_FLAGS}"
+  # the session's other XLA flags (conftest's CPU_TEST_FLAGS) go along; the device count is the run's own
+  rest = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform")]
+  e["XLA_FLAGS"] = " ".join([f"--xla_force_host_platform_device_count={devices}"] + rest)
   e["JAX_PLATFORMS"] = "cpu"
   e["PYTHONPATH"] = ROOT + os.pathsep + e.get("PYTHONPATH", "")
   e["JAX_COMPILATION_CACHE_DIR"] = jax.config.jax_compilation_cache_dir or ""
