@@ -145,6 +145,16 @@ def demo_8m() -> Qwen2VLConfig:
 
 
 @register_preset
+def demo_20m() -> Qwen2VLConfig:
+  """demo_8m with a wider, deeper decoder (6 layers of 384): a lever the demo's tuning record measures
+  (docs/demo_tuning.md), for a text side that reads the question's object kind; same vision tower and ids."""
+  base = demo_8m()
+  return base.replace(text=dataclasses.replace(base.text, hidden_size=384, intermediate_size=1024,
+                                               num_hidden_layers=6, num_attention_heads=6),
+                      vision=dataclasses.replace(base.vision, hidden_size=384))
+
+
+@register_preset
 def tiny() -> Qwen2VLConfig:
   """Tests: the smallest shapes that still exercise GQA, M-RoPE sections and the merger."""
   return Qwen2VLConfig(
