@@ -107,3 +107,17 @@ def test_every_param_has_logical_axes():
   for path, var in nnx.to_flat_state(nnx.state(abstract, nnx.Param)):
     names = var.get_metadata().get("out_sharding")
     assert names is not None and len(names) == len(var.get_value().shape), path
+
+
+def test_demo_wide_is_demo_8m_with_a_wider_decoder():
+  """The demo tuning record's larger model: demo_8m's vision tower and special ids, a 6 x 384 decoder."""
+  small, wide = get_preset("demo_8m"), get_preset("demo_wide")
+  assert (wide.vision.depth, wide.vision.embed_dim) == (small.vision.depth, small.vision.embed_dim)
+  assert wide.vision.hidden_size == wide.text.hidden_size == 384 and wide.text.num_hidden_layers == 6
+  assert (wide.image_token_id, wide.eos_token_id, wide.text.vocab_size) == (small.image_token_id, small.eos_token_id,
+                                                                            small.text.vocab_size)
+  counts = []
+  for cfg in (small, wide):
+    params = nnx.state(nnx.eval_shape(lambda cfg=cfg: Qwen2VL(cfg)), nnx.Param)
+    counts.append(sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params)))
+  assert counts == [4_156_928, 10_846_208]  # 2.6 times the parameters
