@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tinyrs_jax import runtime
+from tinyrs_jax.main import load_config
 from tinyrs_jax.data.demo_tokenizer import ensure_demo_assets
 from tinyrs_jax.data.tokenizer import Tokenizer
 from tinyrs_jax.evaluation import evaluator as eval_lib
@@ -26,14 +27,10 @@ NEW, ROWS = 8, 8
 
 
 def _config():
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("eval_cfg", os.path.join(ROOT, "configs", "eval.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config("demo")
-  c.data.max_length = 128
-  c.data.length_buckets = (128,)
-  return c
+  """configs/eval.py:demo with one 128-token bucket, through the trainer's own config loading."""
+  config, _ = load_config([f"--config={os.path.join(ROOT, 'configs', 'eval.py')}:demo", "--config.data.max_length=128",
+                           "--config.data.length_buckets=(128,)"])
+  return config
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from tinyrs_jax.data.tokenizer import Tokenizer
 from tinyrs_jax.evaluation import evaluator as eval_lib
 from tinyrs_jax.models import presets
 from tinyrs_jax import runtime
+from tinyrs_jax.main import load_config
 from tinyrs_jax.train import state as state_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,14 +23,10 @@ CHOICES = [["forest", "water", "desert"], ["dense residential area", "airport"],
 
 
 def _config():
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("eval_cfg", os.path.join(ROOT, "configs", "eval.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config("demo")
-  c.data.max_length = 128
-  c.data.length_buckets = (128,)
-  return c
+  """configs/eval.py:demo with one 128-token bucket, through the trainer's own config loading."""
+  config, _ = load_config([f"--config={os.path.join(ROOT, 'configs', 'eval.py')}:demo", "--config.data.max_length=128",
+                           "--config.data.length_buckets=(128,)"])
+  return config
 
 
 @pytest.fixture(scope="module")
