@@ -122,3 +122,14 @@ def test_killed_run_resumed_by_the_printed_command_to_the_same_numbers(sweep, tm
 def test_unknown_swept_field_fails_before_running(tmp_path):
   p = ablate(str(tmp_path / "x"), "--sweep=grpo.loss_typo=a,b", check=False)
   assert p.returncode != 0 and "grpo.loss_typo" in p.stderr and not os.path.exists(tmp_path / "x" / "loss_typo=a")
+
+
+def test_grounding_reward_sweep_file_prints_its_three_arms(tmp_path):
+  """The checked-in grounding reward-design sweep (docs/ablations.md) names fields and rewards the trainer knows:
+  its --launch=print commands come out, one per arm, each with its own grounding term."""
+  root = tmp_path / "g"
+  p = ablate(str(root), "--sweep_file=configs/sweeps/grounding_rewards.py", "--seeds=0", "--launch=print")
+  commands = (root / "commands.sh").read_text()
+  for override in ("--config.rewards.iou_threshold=0.0", "--config.rewards.iou_threshold=1.0",
+                   "--config.rewards.box_distance=1.0"):
+    assert commands.count(override) == 1, (override, p.stdout)

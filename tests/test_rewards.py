@@ -287,6 +287,29 @@ def test_ground_first_box_counts():
   assert one("accuracy", wrap("(120,40),(300,200) (500,500),(900,900)"), GROUND) == pytest.approx(1.0)
 
 
+def test_box_distance_against_numpy():
+  """1 - |centre_pred - centre_true| / (reach * diagonal), clipped to [0, 1], from the pixel boxes."""
+  def expected(pred_grid, reach=0.5):
+    pred = np.asarray(pred_grid, float) * [W, H, W, H] / 1000
+    d = np.linalg.norm((pred[:2] + pred[2:]) / 2 - (np.add(TRUE_BOX[:2], TRUE_BOX[2:])) / 2)
+    return float(np.clip(1 - d / (reach * np.hypot(W, H)), 0, 1))
+  for grid in ([120, 40, 300, 200], [150, 40, 330, 200], [600, 500, 700, 600], [900, 900, 1000, 1000]):
+    text = wrap(f"({grid[0]},{grid[1]}),({grid[2]},{grid[3]})")
+    assert one("box_distance", text, GROUND) == pytest.approx(expected(grid), abs=1e-9)
+    assert one("box_distance", text, GROUND, reach=0.25) == pytest.approx(expected(grid, 0.25), abs=1e-9)
+  assert one("box_distance", wrap("(120,40),(300,200)"), GROUND) == pytest.approx(1.0)
+  assert one("box_distance", wrap("(900,900),(1000,1000)"), GROUND, reach=0.1) == 0.0  # beyond reach
+  shifted = one("box_distance", wrap("(150,40),(330,200)"), GROUND)  # IoU < 1, still close: between 0 and 1
+  assert 0.0 < shifted < 1.0 and one("accuracy", wrap("(600,500),(700,600)"), GROUND) == 0.0 < one(
+      "box_distance", wrap("(600,500),(700,600)"), GROUND)  # dense where IoU is 0
+  assert one("box_distance", wrap("no box here"), GROUND) == 0.0
+  assert one("box_distance", wrap("(120,40),(300,200)"), ex("vqa_presence", "yes")) == 0.0  # not grounding
+  for fmt in ("qwen1000", "pixels"):  # no image size: no diagonal to measure against
+    assert one("box_distance", wrap("(120,40),(300,200)"), {**GROUND, "width": None}, box_format=fmt) == 0.0
+  with pytest.raises(ValueError, match="reach"):
+    one("box_distance", wrap("(120,40),(300,200)"), GROUND, reach=0)
+
+
 def test_iou_threshold_boundary():
   # Widen the box to the right keeping height: IoU = 180 / new_width on the grid.
   def score(x2, **kw):
@@ -352,7 +375,7 @@ def test_synthetic_cot_completions_score_full_marks():
 
 
 def test_builtins_registered():
-  assert {"format", "accuracy", "iou_threshold", "overlong"} <= set(rw.reward_names())
+  assert {"format", "accuracy", "iou_threshold", "box_distance", "overlong"} <= set(rw.reward_names())
   with pytest.raises(KeyError, match="accuracy"):  # the message lists the known names
     rw.get_reward("acuracy")
 
@@ -464,15 +487,15 @@ EXAMPLES = [GROUND, {**GROUND, "boxes": []}, ex("classify", "airport"), ex("vqa_
 @settings(max_examples=300, deadline=None)
 @given(TEXTS)
 def test_fuzz_every_reward(text):
-  for name in ("format", "accuracy", "iou_threshold", "overlong"):
+  for name in ("format", "accuracy", "iou_threshold", "box_distance", "overlong"):
     for options in ({}, {"box_format": "pixels"}, {"box_format": "norm1"}) if name in (
-        "accuracy", "iou_threshold") else ({},):
+        "accuracy", "iou_threshold", "box_distance") else ({},):
       values = reward(name, [text] * len(EXAMPLES), EXAMPLES, **options)
       for v in values:
         assert math.isfinite(v)
         assert (-1.0 <= v <= 0.0) if name == "overlong" else (0.0 <= v <= 1.0)
   total, parts = rw.compute_rewards([text], [GROUND], {"format": 1, "accuracy": 1, "iou_threshold": 1,
-                                                        "overlong": 1})
+                                                        "box_distance": 1, "overlong": 1})
   assert np.isfinite(total).all()
 
 

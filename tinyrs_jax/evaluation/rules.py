@@ -151,7 +151,7 @@ def tinyrs_box(span: str, width: Any, height: Any, box_format: str = "qwen1000")
   v = [float(g) for g in m.groups()]
   if fmt == "pixels":
     return tuple(v)
-  w, h = scoring._positive_size(width), scoring._positive_size(height)
+  w, h = scoring.positive_size(width), scoring.positive_size(height)
   if w is None or h is None:
     return None
   scale = 1000.0 if fmt == "qwen1000" else 1.0

@@ -16,8 +16,8 @@ the completion it failed on (for a raise, the rewards are re-run one row at a ti
     total, parts = compute_rewards(completions, examples, {"accuracy": 1.0, "format": 0.5},
                                    options={"accuracy": {"box_format": "pixels"}})
 
-Built-ins (`builtin`): format, accuracy, iou_threshold, overlong. Host-side only: importing this package pulls
-in numpy, never jax or torch.
+Built-ins (`builtin`): format, accuracy, iou_threshold, box_distance, overlong. Host-side only: importing this
+package pulls in numpy, never jax or torch.
 """
 from __future__ import annotations
 

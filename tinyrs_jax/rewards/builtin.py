@@ -8,6 +8,10 @@
                  Options: answer_tag, think_tag (fallback span after its close; default think or reasoning),
                  box_format ("qwen1000", "pixels", "norm1").
   iou_threshold  1.0 when a `ground` example's IoU >= threshold (0.5), else 0.0. Same options plus threshold.
+  box_distance   for a `ground` example, 1 - d / (reach x the image diagonal), at least 0, where d is the distance
+                 between the predicted and the true box centres (0 without a valid box; 0 for other tasks). Dense
+                 where IoU is not: a box next to the target earns something even at IoU 0. Same options as
+                 accuracy plus reach (0.5).
   overlong       DAPO's soft overlong penalty in [-1, 0] from the trainer's completion_length,
                  max_completion_length and truncated keys; option cache_length (max_completion_length // 4).
                  Rows without lengths get 0 (no evidence of being long).
@@ -76,6 +80,32 @@ def iou_threshold_reward(completions: Sequence[str], examples: Sequence[Mapping]
     iou = scoring.score_iou(text, example, answer_tag=answer_tag, think_tags=think_tags,
                             box_format=box_format) if task == scoring.GROUND_TASK else None
     out.append(float(iou is not None and iou >= threshold))
+  return out
+
+
+@register_reward("box_distance")
+def box_distance_reward(completions: Sequence[str], examples: Sequence[Mapping], *, reach: float = 0.5,
+                        answer_tag: str = "answer", think_tag: str | None = None,
+                        box_format: str = "qwen1000") -> list[float]:
+  reach = float(reach)
+  if not (math.isfinite(reach) and reach > 0):
+    raise ValueError(f"reach must be a positive fraction of the image diagonal, got {reach}")
+  think_tags = _think_tags(think_tag)
+  out = []
+  for text, example in _rows(completions, examples):
+    if not isinstance(example, Mapping) or example.get("task") != scoring.GROUND_TASK:
+      out.append(0.0)
+      continue
+    truth = scoring.true_box(example, box_format)
+    width, height = example.get("width"), example.get("height")
+    pred = scoring.parse_box(scoring.answer_span(text, answer_tag, think_tags), width, height, box_format)
+    w, h = scoring.positive_size(width), scoring.positive_size(height)
+    if truth is None or pred is None or w is None or h is None:  # no box, no reference, or no usable image size
+      out.append(0.0)
+      continue
+    d = math.hypot((pred[0] + pred[2] - truth[0] - truth[2]) / 2, (pred[1] + pred[3] - truth[1] - truth[3]) / 2)
+    value = 1.0 - d / (reach * math.hypot(w, h))
+    out.append(min(1.0, max(0.0, value)) if math.isfinite(value) else 0.0)
   return out
 
 

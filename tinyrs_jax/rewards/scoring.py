@@ -185,7 +185,7 @@ _NUM = r"\s*(-?(?:\d{1,7}(?:\.\d{0,7})?|\.\d{1,7}))\s*"
 _LIST_BOX = re.compile(r"\[" + _NUM + "," + _NUM + "," + _NUM + "," + _NUM + r"\]")
 
 
-def _positive_size(v: Any) -> float | None:
+def positive_size(v: Any) -> float | None:
   try:
     f = float(v)
   except (TypeError, ValueError, OverflowError):
@@ -210,7 +210,7 @@ def to_pixels(box: Sequence[float], width: Any, height: Any, box_format: str = "
     raise ValueError(f"box_format must be one of {BOX_FORMATS}, got {box_format!r}")
   if box_format == "pixels":
     return valid_box(box)
-  w, h = _positive_size(width), _positive_size(height)
+  w, h = positive_size(width), positive_size(height)
   if w is None or h is None:
     return None
   scale = 1000.0 if box_format == "qwen1000" else 1.0
