@@ -80,8 +80,8 @@ def demo(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   step, `python benchmarks/remat.py`, quiet 2-core machine).
 
   Batch 8 (twice the optimizer updates of batch 16 for the same tokens); the stage files set the
-  steps: pretrain 100 (captions teach the vision tower the scenes), instruct 250 at a gentle lr 5e-4 (at 2e-3
-  it overwrites what pretrain learned: classification fell to chance, 0.13, downstream), cot 200. What each
+  steps: pretrain 100 (captions teach the vision tower the scenes), instruct 1000 at a gentle lr 5e-4 (at 2e-3
+  it overwrites what pretrain learned: classification fell to chance, 0.13, downstream), cot 600. What each
   stage's checkpoint answers (greedy, test split): launch/demo.sh's table, docs/demo.md."""
   c.init.allow_random = True
   c.model.preset = "demo_8m"
