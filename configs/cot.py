@@ -12,9 +12,9 @@ The demo (this CPU, about four minutes, synthetic cot data, demo_8m model):
       [--config.init.workdir=/tmp/tinyrs/instruct]
   on its own from scratch, or from the instruct demo's workdir when init.workdir says so; should reach a final
   eval_loss <= 0.9 x the eval_loss at step 0 (measured with `bash launch/demo.sh`, from the instruct demo:
-  eval_loss 7.53 at step 0 -> 0.325 at the end, 200 steps of batch 8, synthetic data v3). Greedy on 400 test
+  eval_loss 7.94 at step 0 -> 0.235 at the end, 600 steps of batch 8, synthetic data v3). Greedy on 400 test
   questions (configs/eval.py:demo --config.data.demo_split=test, asked to think first) that checkpoint scores:
-  classify 0.988, presence 0.802, count 0.741, compare 0.525, grounding Acc@0.5 0.000, caption CIDEr 3.21
+  classify 1.000, presence 0.877, count 0.753, compare 0.537, grounding Acc@0.5 0.000, caption CIDEr 3.79
   (runs/demo/eval.md; docs/demo.md).
 """
 from __future__ import annotations
