@@ -3,11 +3,12 @@
 the held-out greedy accuracy reward should rise by at least 0.03 and the format reward not fall by more than 0.02.
 A demo that worked for one seed only would be tuned to it.
 
-Opt-in (TINYRS_DEMO_SEEDS=1): about 15 minutes on 2 cores (the SFT chain, then three 20-step GRPO runs of about
-3 minutes), more than CI's budget leaves. On the synthetic data's version 1 the same config gained +0.047 and
-+0.102 for seeds 0 and 1 (docs/ablations.md). On version 3 (train/val/test splits, larger objects, captions in
-instruct and cot) it does NOT pass: the cot policy starts at 0.643 and seeds 0-4 end at -0.000, -0.009, -0.001,
--0.024, -0.017 (docs/demo_seeds.md, `python benchmarks/demo_seeds.py`, which runs seeds 0-4 and writes that table).
+Opt-in (TINYRS_DEMO_SEEDS=1): about 17 minutes on 2 cores (the SFT chain, about 9 minutes, then three 20-step
+GRPO runs of about 2.5 minutes), more than CI's budget leaves. On the synthetic data's version 1 the same config
+gained +0.047 and +0.102 for seeds 0 and 1 (docs/ablations.md). On version 3 it does NOT pass: with the current
+SFT configs (instruct 1000, cot 600 steps) the cot policy starts at 0.635 and seeds 0-4 gain +0.008, +0.017,
++0.022, -0.039, +0.018 (docs/demo_seeds.md, `python benchmarks/demo_seeds.py`, which runs seeds 0-4 and writes
+that table); with the earlier ones (250, 200) they lost 0.029 on average.
 """
 import json
 import os
