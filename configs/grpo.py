@@ -22,11 +22,11 @@ The real recipe (a GPU box or a TPU pod; every host runs the same command):
 The demo (this CPU; synthetic GRPO prompts, the demo model):
     python -m tinyrs_jax.main --config=configs/grpo.py:demo --workdir=/tmp/tinyrs/grpo \
       [--config.init.workdir=/tmp/tinyrs/cot]
-  Without init.workdir it first builds its starting policy by running the three demo SFT stages (cached under
-  $TINYRS_CACHE, reused by later runs). It aims to raise the held-out eval/rewards/accuracy by at least 0.03 while
-  eval/rewards/format does not fall by more than 0.02 (launch/demo.sh prints both). Measured +0.047 and +0.102 for
-  seeds 0 and 1 on the synthetic data's version 1; on version 3 seeds 0-4 move it by -0.000 to -0.024
-  (docs/demo_seeds.md, `python benchmarks/demo_seeds.py`).
+  Without init.workdir it first builds its starting policy by running the three demo SFT stages (about 9 minutes
+  here, cached under $TINYRS_CACHE, reused by later runs). It aims to raise the held-out eval/rewards/accuracy by
+  at least 0.03 while eval/rewards/format does not fall by more than 0.02 (launch/demo.sh prints both). Measured
+  +0.047 and +0.102 for seeds 0 and 1 on the synthetic data's version 1; on version 3, from the current SFT
+  configs, seeds 0-4 move it by -0.039 to +0.022, mean +0.005 (docs/demo_seeds.md, `python benchmarks/demo_seeds.py`).
 """
 from __future__ import annotations
 
