@@ -1,4 +1,5 @@
 """HF folder ⇄ our params: bit-identical round trips, clear errors, transformers loads our exports."""
+import dataclasses
 import json
 import os
 
@@ -121,3 +122,17 @@ def test_demo_wide_is_demo_8m_with_a_wider_decoder():
     params = nnx.state(nnx.eval_shape(lambda cfg=cfg: Qwen2VL(cfg)), nnx.Param)
     counts.append(sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params)))
   assert counts == [4_156_928, 10_846_208]  # 2.6 times the parameters
+
+
+def test_demo_deep_vision_is_demo_8m_with_a_deeper_tower():
+  """The demo tuning record's try r1: demo_8m's decoder, merger and ids, a 6-block vision tower of the same width."""
+  small, deep = get_preset("demo_8m"), get_preset("demo_deep_vision")
+  assert deep.text == small.text and deep.vision.depth == 6
+  assert dataclasses.replace(deep.vision, depth=small.vision.depth) == small.vision
+  counts = []
+  for cfg in (small, deep):
+    params = nnx.state(nnx.eval_shape(lambda cfg=cfg: Qwen2VL(cfg)), nnx.Param)
+    counts.append(sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params)))
+  # a block: two norms, qkv, proj, and the MLP's two layers (128 -> 512 -> 128), weights and biases
+  block = 2 * 2 * 128 + (128 * 384 + 384) + (128 * 128 + 128) + (128 * 512 + 512) + (512 * 128 + 128)
+  assert counts == [4_156_928, 4_156_928 + 4 * block]  # 4.95M parameters

@@ -12,7 +12,7 @@ def test_frontier_rows_are_the_tuning_records_and_the_plot_is_drawn(tmp_path):
   with open(os.path.join(ROOT, "docs", "demo_frontier.csv"), newline="") as f:
     rows = list(csv.DictReader(f))
   with open(os.path.join(ROOT, "docs", "demo_tuning.md")) as f:
-    record = {line.split("|")[1].strip(): line for line in f if line.startswith(("| t", "| p", "| q"))}
+    record = {line.split("|")[1].strip(): line for line in f if line.startswith(("| t", "| p", "| q", "| r"))}
   assert len(rows) >= 10
   for r in rows:
     cells = [c.strip().strip("*") for c in record[r["try"]].split("|")]  # bold best values count too
